@@ -1,0 +1,39 @@
+"""Data layer: cameras, scene data and the parsers of every dataset format (see README.md).
+
+Import-light and side-effect free: names resolve on first access (PEP 562), so importing
+``omnifield.datasets`` (or ``load_scene``/``describe`` from it) does not import torch or any parser.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+_EXPORTS = {
+    "Cameras": "omnifield.datasets.cameras",
+    "CameraModel": "omnifield.datasets.cameras",
+    "SceneData": "omnifield.datasets.scene_data",
+    "load_scene": "omnifield.datasets.load",
+    "describe": "omnifield.datasets.info",
+    "format_info": "omnifield.datasets.info",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from omnifield.datasets.cameras import CameraModel, Cameras
+    from omnifield.datasets.info import describe, format_info
+    from omnifield.datasets.load import load_scene
+    from omnifield.datasets.scene_data import SceneData
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'omnifield.datasets' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

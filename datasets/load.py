@@ -1,0 +1,100 @@
+"""``load_scene``: detect a dataset's format and parse it into a :class:`SceneData`.
+
+Detection (a folder, or one of the files named below):
+
+| found | format |
+|---|---|
+| ``transforms_train.json`` (frames with ``time``: D-NeRF) | ``blender`` / ``dnerf`` |
+| ``transforms.json`` (nerfstudio if ``camera_model``, ``applied_transform`` or frame ``fl_x``) | ``ngp`` / ``nerfstudio`` |
+| ``poses_bounds.npy`` | ``llff`` |
+| ``cameras.npz`` / ``cameras_sphere.npz`` | ``dtu`` |
+| ``cameras`` + ``images`` ``.bin``/``.txt`` in ``sparse/0``, ``sparse`` or the folder | ``colmap`` |
+
+The first row that matches wins (LLFF before COLMAP: LLFF folders often carry a partial
+``sparse/0``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from omnifield.errors import DataError
+
+if TYPE_CHECKING:
+    from omnifield.datasets.scene_data import SceneData
+
+FORMATS = ("blender", "dnerf", "ngp", "nerfstudio", "colmap", "llff", "dtu")
+
+
+def detect_format(path) -> str:
+    """The format name of a dataset folder or file (see the module table); DataError when none matches."""
+    from omnifield.datasets import blender, colmap, dtu, transforms_json
+    from omnifield.datasets.io import read_json
+
+    p = Path(path)
+    if not p.exists():
+        raise DataError("no such file or folder", p)
+    if p.is_file():
+        name = p.name
+        if name.startswith("transforms_") and name.endswith(".json"):
+            p = p.parent
+        elif name.endswith(".json"):
+            return "nerfstudio" if transforms_json.is_nerfstudio(read_json(p)) else "ngp"
+        elif name == "poses_bounds.npy":
+            return "llff"
+        elif name in dtu.CAMERA_FILES:
+            return "dtu"
+        else:
+            raise DataError("not a recognised dataset file (transforms*.json, poses_bounds.npy, cameras.npz)", p)
+    if (p / "transforms_train.json").is_file():
+        return "dnerf" if blender.is_dnerf(p) else "blender"
+    if (p / "transforms.json").is_file():
+        return "nerfstudio" if transforms_json.is_nerfstudio(read_json(p / "transforms.json")) else "ngp"
+    if (p / "poses_bounds.npy").is_file():
+        return "llff"
+    if dtu.find_camera_file(p) is not None:
+        return "dtu"
+    if colmap.find_model_dir(p) is not None:
+        return "colmap"
+    raise DataError(
+        "no recognisable dataset: expected transforms_train.json, transforms.json, poses_bounds.npy, "
+        "cameras.npz or a COLMAP model (sparse/0/cameras.bin ...)",
+        p,
+    )
+
+
+def load_scene(
+    path,
+    *,
+    downscale: int = 1,
+    background=(1.0, 1.0, 1.0),
+    holdout_every: int = 8,
+    format: str | None = None,
+) -> SceneData:
+    """Load any supported dataset into a :class:`SceneData` (cameras in OpenCV axes, normalised world).
+
+    Args:
+        path: dataset folder (or its transforms.json / poses_bounds.npy / cameras.npz).
+        downscale: integer image downscale N (``images_N/`` folders used when present).
+        background: RGB in [0, 1] that RGBA images are composited on.
+        holdout_every: without dataset splits, every n-th frame is test (and val).
+        format: force one of :data:`FORMATS` instead of detecting it.
+    """
+    from omnifield.datasets import blender, colmap, dtu, llff, transforms_json
+
+    fmt = detect_format(path) if format is None else format
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    kw = dict(downscale=downscale, background=background, holdout_every=holdout_every)
+    if fmt in ("blender", "dnerf"):
+        data = blender.load_blender(path, **kw)
+    elif fmt in ("ngp", "nerfstudio"):
+        data = transforms_json.load_transforms_json(path, format=fmt, **kw)
+    elif fmt == "colmap":
+        data = colmap.load_colmap(path, **kw)
+    elif fmt == "llff":
+        data = llff.load_llff(path, **kw)
+    else:
+        data = dtu.load_dtu(path, **kw)
+    return data

@@ -1,0 +1,178 @@
+"""The scene contract every representation implements, its optional capabilities, and the training batch.
+
+A :class:`Scene` is an ``nn.Module`` built from a frozen config dataclass. The Trainer, the
+exporter, the viewer and the converter only use what is declared here; they ask for capabilities
+(``isinstance(scene, HasDensity)`` on the runtime-checkable Protocols below), never for concrete
+scene classes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+from omnifield.datasets.cameras import Cameras
+from omnifield.renderers.types import RayBundle, RenderOutput
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """Options for rendering full images.
+
+    Attributes:
+        chunk: rays per forward pass (memory bound).
+        background: RGB in [0, 1] composited behind the scene, or None for the scene's training background.
+        crop_box: optional ``[2, 3]`` box (min, max) in the normalised world; outside is empty.
+        near, far: optional override of ray bounds.
+    """
+
+    chunk: int = 8192
+    background: tuple[float, float, float] | None = None
+    crop_box: tuple[tuple[float, float, float], tuple[float, float, float]] | None = None
+    near: float | None = None
+    far: float | None = None
+
+
+@dataclass
+class RayBatch:
+    """One training batch of rays with their ground truth.
+
+    Attributes:
+        rays: the rays (normalised world).
+        rgb: ``[R, 3]`` float target colour in [0, 1] (composited on ``background``).
+        background: ``[R, 3]`` or ``[3]`` background colour the target was composited on.
+        alpha: ``[R, 1]`` target opacity or None.
+    """
+
+    rays: RayBundle
+    rgb: Tensor
+    background: Tensor
+    alpha: Tensor | None = None
+    extras: dict[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SceneConfig:
+    """Base of every scene config (each scene subclasses it with its own frozen fields)."""
+
+    method: str = ""
+
+
+class Scene(nn.Module):
+    """Base class: a trainable representation.
+
+    Subclasses set ``method`` and implement :meth:`render_rays` (ray-based representations) or
+    override :meth:`render` (rasterized ones), plus :meth:`training_step` and
+    :meth:`param_groups`.
+    """
+
+    method: str = ""
+
+    def __init__(self, config: SceneConfig, scene_box: Tensor):
+        super().__init__()
+        self.config = config
+        self.register_buffer("scene_box", torch.as_tensor(scene_box, dtype=torch.float32).clone())
+
+    # -- rendering -----------------------------------------------------------------------------
+    def render_rays(self, rays: RayBundle, background: Tensor, options: RenderOptions | None = None) -> RenderOutput:
+        """Render ``R`` rays to ``[R, k]`` channels. Differentiable when called under grad."""
+        raise NotImplementedError(f"{type(self).__name__} does not render rays")
+
+    @torch.no_grad()
+    def render(self, cameras: Cameras, time: float | None = None, options: RenderOptions | None = None) -> list[RenderOutput]:
+        """Render every camera to image-shaped ``[H, W, k]`` outputs (no grad), chunked over rays."""
+        from omnifield.renderers.rays import image_rays
+
+        options = options or RenderOptions()
+        bg = self.background_tensor(options)
+        outs = []
+        for c in range(len(cameras)):
+            rays = image_rays(cameras, c)
+            if time is not None:
+                rays = RayBundle(rays.origins, rays.directions, rays.camera_indices,
+                                 torch.full_like(rays.origins[:, 0], float(time)), rays.pixel_radius)
+            h, w = int(cameras.height[c]), int(cameras.width[c])
+            parts = [self.render_rays(rays[i : i + options.chunk], bg, options) for i in range(0, len(rays), options.chunk)]
+            outs.append(RenderOutput.cat(parts).map(lambda t: t.reshape(h, w, -1)))
+        return outs
+
+    def background_tensor(self, options: RenderOptions | None = None) -> Tensor:
+        bg = (options.background if options is not None else None) or getattr(self.config, "background", (1.0, 1.0, 1.0))
+        return torch.tensor(bg, dtype=torch.float32, device=self.scene_box.device)
+
+    # -- training ------------------------------------------------------------------------------
+    def training_step(self, batch: RayBatch, step: int) -> dict[str, Tensor]:
+        """Losses for one batch; ``"loss"`` is the total to minimise, others are logged."""
+        raise NotImplementedError
+
+    def on_step_begin(self, step: int) -> None:
+        """Hook before the forward pass (e.g. occupancy-grid updates)."""
+
+    def on_step_end(self, step: int) -> None:
+        """Hook after the optimiser step (densification, occupancy updates, ...)."""
+
+    def configure_optimizers(self, max_steps: int) -> tuple[torch.optim.Optimizer, object | None]:
+        """The paper's optimiser and learning-rate schedule for a run of ``max_steps`` steps.
+
+        Returns ``(optimizer, scheduler_or_None)``; the Trainer calls ``scheduler.step()`` once per step.
+        """
+        params = [p for p in self.parameters() if p.requires_grad]
+        return torch.optim.Adam(params, lr=1e-3), None
+
+    def rays_per_batch(self) -> int:
+        """How many rays the Trainer should put in the next batch (scenes may adapt it, as Instant-NGP does)."""
+        return int(getattr(self.config, "batch_rays", 4096))
+
+    def extra_state(self) -> dict[str, Tensor]:
+        """Non-parameter tensors to checkpoint (occupancy grid, step counters); buffers are saved already."""
+        return {}
+
+
+# -- capabilities -------------------------------------------------------------------------------
+@runtime_checkable
+class HasDensity(Protocol):
+    """A radiance field: volume density and view-dependent colour anywhere in space."""
+
+    def density(self, x: Tensor, t: Tensor | None = None) -> Tensor:
+        """``x [N, 3]`` world points -> ``[N]`` density (sigma >= 0)."""
+
+    def color(self, x: Tensor, d: Tensor, t: Tensor | None = None) -> Tensor:
+        """``x [N, 3]`` points, ``d [N, 3]`` unit view directions -> ``[N, 3]`` colour in [0, 1]."""
+
+
+@runtime_checkable
+class HasSDF(Protocol):
+    def sdf(self, x: Tensor, t: Tensor | None = None) -> Tensor:
+        """``x [N, 3]`` -> ``[N]`` signed distance."""
+
+
+@runtime_checkable
+class HasGaussians(Protocol):
+    def gaussians(self, t: float | None = None):
+        """The Gaussian primitives (at time t for dynamic scenes)."""
+
+
+@runtime_checkable
+class HasMesh(Protocol):
+    def mesh(self):
+        """(vertices [V, 3], faces [F, 3], vertex colours [V, 3] or None)."""
+
+
+@runtime_checkable
+class HasPoints(Protocol):
+    def points(self):
+        """(points [P, 3], colours [P, 3] or None)."""
+
+
+@runtime_checkable
+class TimeVarying(Protocol):
+    time_range: tuple[float, float]
+
+
+@runtime_checkable
+class HasFlow(Protocol):
+    def flow(self, x: Tensor, t0: float, t1: float) -> Tensor:
+        """``x [N, 3]`` at t0 -> ``[N, 3]`` displacement to t1."""
