@@ -127,8 +127,13 @@ class Scene(nn.Module):
         return int(getattr(self.config, "batch_rays", 4096))
 
     def extra_state(self) -> dict[str, Tensor]:
-        """Non-parameter tensors to checkpoint (occupancy grid, step counters); buffers are saved already."""
+        """Non-parameter tensors to checkpoint (adaptive batch size, counters); buffers are saved already."""
         return {}
+
+    def load_extra_state(self, state: dict[str, Tensor]) -> None:
+        """Restore what :meth:`extra_state` returned (called when a checkpoint is loaded)."""
+        if state:
+            raise NotImplementedError(f"{type(self).__name__} saved extra state but cannot load it")
 
 
 # -- capabilities -------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ _BUILTINS = {
     "instant-ngp": "omnifield.scenes.instant_ngp",
 }
 _scanned = False
+_BROKEN: dict[str, str] = {}
 
 
 def register(spec: MethodSpec) -> MethodSpec:
@@ -54,8 +55,11 @@ def _scan() -> None:
     if _scanned:
         return
     _scanned = True
-    for module in _BUILTINS.values():
-        importlib.import_module(module)
+    for name, module in _BUILTINS.items():
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # a broken built-in must not hide the others
+            _BROKEN[name] = f"{type(exc).__name__}: {exc}"
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         obj = ep.load()
         if isinstance(obj, MethodSpec):
@@ -65,6 +69,8 @@ def _scan() -> None:
 def get_method(name: str) -> MethodSpec:
     """The spec of a method name, or ConfigError listing the known names."""
     _scan()
+    if name not in _REGISTRY and name in _BROKEN:
+        raise ConfigError(f"method {name!r} failed to import ({_BROKEN[name]})")
     if name not in _REGISTRY:
         raise ConfigError(f"unknown method {name!r} (known: {', '.join(available_methods())})")
     return _REGISTRY[name]

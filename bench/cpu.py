@@ -1,0 +1,234 @@
+"""CPU benchmark: the demo, lego, fox and the hash encoding, as tables and ``bench/results/cpu.json``.
+
+Parts (select with ``--only demo,lego,fox,hash``):
+
+- ``demo``: :func:`omnifield.scenes.demo.run_demo` (wall time, PSNR, SSIM, Chamfer ratio);
+- ``lego``: NeRF-synthetic lego (``../shared/data/lego``, ``--downscale 4``, every 8th view held
+  out): instant-ngp for ``--minutes``, then nerf for the same wall time; held-out PSNR / SSIM;
+- ``fox``: instant-ngp's fox (``../shared/data/fox``, ``--downscale 8``) for ``--fox-minutes``;
+  held-out PSNR / SSIM;
+- ``hash``: the reference hash encoding forward + backward against its naive baseline.
+
+Parts whose data folder is absent are skipped (recorded as such). Results of the parts that ran are
+merged into an existing ``cpu.json``, so parts can be run one at a time. Smoke run (seconds per part):
+``.venv/bin/python bench/cpu.py --minutes 0.2 --fox-minutes 0.2 --demo-minutes 0.2``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+PARTS = ("demo", "lego", "fox", "hash")
+
+
+def shared_data_root() -> Path | None:
+    """``$OMNIFIELD_SHARED_DATA`` or ``../shared/data`` next to the repository, when present."""
+    env = os.environ.get("OMNIFIELD_SHARED_DATA")
+    for c in ([Path(env)] if env else []) + [REPO.parent / "shared" / "data"]:
+        if c.is_dir():
+            return c
+    return None
+
+
+def train_and_evaluate(method: str, data: Path, run_dir: Path, *, downscale: int, minutes: float,
+                       max_steps: int | None, device: str, progress: bool, max_images: int | None = None,
+                       overrides: tuple[str, ...] = ()) -> dict:
+    """Train ``method`` for a wall-clock budget, then score the held-out split of the run."""
+    from omnifield.scenes import runs
+    from omnifield.scenes.evaluate import evaluate
+    from omnifield.scenes.trainer import pick_device, train_method
+
+    if run_dir.exists():
+        import shutil
+
+        shutil.rmtree(run_dir)  # the benchmark's own previous run
+    trainer = {"max_minutes": minutes, "eval_every": 0, "checkpoint_every": 0, "checkpoint_minutes": None,
+               "progress": progress}
+    if max_steps is not None:
+        trainer["max_steps"] = max_steps
+    result = train_method(method, data, out=run_dir, downscale=downscale, scene_overrides=list(overrides),
+                          trainer_overrides=trainer, device=device)
+    run = runs.load_run(run_dir, device=pick_device(device))
+    ev = evaluate(run, run.load_data(split="test"), "test", max_images=max_images)
+    return {"method": method, "steps": int(result.step), "train_seconds": float(result.elapsed_seconds),
+            "status": result.status, "psnr": float(ev["psnr"]), "ssim": float(ev["ssim"]),
+            "test_images": int(ev["num_images"]), "render_seconds": float(ev["render_seconds"]), "run": str(run_dir)}
+
+
+def part_demo(args) -> dict:
+    from omnifield.scenes.demo import DemoOptions, run_demo
+
+    t0 = time.perf_counter()
+    s = run_demo(args.work / "demo", train_minutes=args.demo_minutes,
+                 options=DemoOptions(device=args.device, progress=not args.quiet))
+    return {"wall_seconds": time.perf_counter() - t0, "train_seconds": s["train_seconds"], "steps": s["step"],
+            "psnr": s["psnr"], "ssim": s["ssim"], "chamfer": s["chamfer"], "chamfer_ratio": s["chamfer_ratio"],
+            "timings": s["timings"]}
+
+
+def part_lego(args) -> dict:
+    root = shared_data_root()
+    if root is None or not (root / "lego" / "transforms_train.json").is_file():
+        return {"skipped": "lego data absent (../shared/data/lego)"}
+    common = dict(downscale=4, device=args.device, progress=not args.quiet, max_images=args.eval_images)
+    ngp = train_and_evaluate("instant-ngp", root / "lego", args.work / "lego-instant-ngp", minutes=args.minutes,
+                             max_steps=args.ngp_steps, **common)
+    # nerf gets the wall time instant-ngp actually used.
+    nerf = train_and_evaluate("nerf", root / "lego", args.work / "lego-nerf", minutes=ngp["train_seconds"] / 60,
+                              max_steps=args.nerf_steps, **common)
+    return {"downscale": 4, "holdout_every": 8, "instant-ngp": ngp, "nerf": nerf}
+
+
+def part_fox(args) -> dict:
+    root = shared_data_root()
+    if root is None or not (root / "fox" / "transforms.json").is_file():
+        return {"skipped": "fox data absent (../shared/data/fox)"}
+    ngp = train_and_evaluate("instant-ngp", root / "fox", args.work / "fox-instant-ngp", downscale=8,
+                             minutes=args.fox_minutes, max_steps=args.ngp_steps, device=args.device,
+                             progress=not args.quiet, max_images=args.eval_images)
+    return {"downscale": 8, "holdout_every": 8, "instant-ngp": ngp}
+
+
+def part_hash(args) -> dict:
+    """Time the reference hash encoding fwd+bwd vs the naive loop: bench/hash_encoding.py's
+    ``benchmark(...)`` when it offers one, else the reference functions directly."""
+    n = 2**args.hash_points
+    path = REPO / "bench" / "hash_encoding.py"
+    if path.is_file():
+        spec = importlib.util.spec_from_file_location("omnifield_bench_hash_encoding", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        if callable(getattr(module, "benchmark", None)):
+            rows = module.benchmark(points=args.hash_points, log2_t=args.hash_log2_t, repeats=2)
+            return {"points": n, "log2_table": args.hash_log2_t, "source": "bench/hash_encoding.py",
+                    "variants": {str(name): float(sec) for name, sec in rows}}
+    from omnifield.cuda.reference.hash_encoding import hash_encode, hash_encode_naive
+    from omnifield.fields.encodings import HashGridConfig, hash_grid_layout
+
+    res, off = hash_grid_layout(HashGridConfig(n_levels=16, n_features=2, log2_table_size=args.hash_log2_t))
+    gen = torch.Generator().manual_seed(0)
+    table = (torch.rand(int(off[-1]), 2, generator=gen) * 2e-4 - 1e-4).requires_grad_(True)
+    x = torch.rand(n, 3, generator=gen).requires_grad_(True)
+
+    def best_of(fn, repeats=2) -> float:
+        best = float("inf")
+        for _ in range(repeats + 1):  # the first call warms up
+            x.grad, table.grad = None, None
+            t0 = time.perf_counter()
+            out = fn(x, table, res, off)
+            out.backward(torch.ones_like(out))
+            best = min(best, time.perf_counter() - t0)
+        return best
+
+    variants = {"naive (loop over levels x corners)": best_of(hash_encode_naive), "reference (default)": best_of(hash_encode)}
+    return {"points": n, "log2_table": args.hash_log2_t, "source": "omnifield.cuda.reference", "variants": variants}
+
+
+def print_tables(results: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    parts = results["parts"]
+    t = Table(title=f"omnifield CPU benchmark ({results['machine']['cpus']} CPUs, torch {results['machine']['torch']})")
+    for col in ("part", "method", "train s", "steps", "PSNR", "SSIM", "other"):
+        t.add_column(col, justify="left" if col in ("part", "method", "other") else "right")
+
+    def f(v, fmt):
+        return "-" if v is None else format(v, fmt)
+
+    if "demo" in parts:
+        d = parts["demo"]
+        if "skipped" in d:
+            t.add_row("demo", "", "", "", "", "", d["skipped"])
+        else:
+            t.add_row("demo", "instant-ngp", f(d["train_seconds"], ".0f"), str(d["steps"]), f(d["psnr"], ".2f"),
+                      f(d["ssim"], ".4f"), f"wall {d['wall_seconds']:.0f} s, Chamfer {100 * d['chamfer_ratio']:.2f}% of diag")
+    for name in ("lego", "fox"):
+        if name not in parts:
+            continue
+        p = parts[name]
+        if "skipped" in p:
+            t.add_row(name, "", "", "", "", "", p["skipped"])
+            continue
+        for method in ("instant-ngp", "nerf"):
+            if method in p:
+                r = p[method]
+                t.add_row(name, method, f(r["train_seconds"], ".0f"), str(r["steps"]), f(r["psnr"], ".2f"),
+                          f(r["ssim"], ".4f"), f"downscale {p['downscale']}, {r['test_images']} held-out views")
+    if any(name in parts for name in ("demo", "lego", "fox")):
+        console.print(t)
+    if "hash" in parts:
+        h = parts["hash"]
+        ht = Table(title=f"hash encoding fwd+bwd, {h['points']} points, T=2^{h['log2_table']} ({h['source']})")
+        ht.add_column("variant")
+        ht.add_column("seconds", justify="right")
+        ht.add_column("speed-up", justify="right")
+        base = next(iter(h["variants"].values()))
+        for name, sec in h["variants"].items():
+            ht.add_row(name, f"{sec:.3f}", f"{base / sec:.2f}x")
+        console.print(ht)
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", default=",".join(PARTS), help="comma-separated parts: demo,lego,fox,hash")
+    p.add_argument("--minutes", type=float, default=15.0, help="lego instant-ngp budget (nerf gets the same wall time)")
+    p.add_argument("--fox-minutes", type=float, default=3.0, help="fox instant-ngp budget")
+    p.add_argument("--demo-minutes", type=float, default=2.5, help="demo training budget")
+    p.add_argument("--ngp-steps", type=int, default=None, help="instant-ngp max_steps (the LR schedule's length)")
+    p.add_argument("--nerf-steps", type=int, default=None, help="nerf max_steps (the LR schedule's length)")
+    p.add_argument("--eval-images", type=int, default=None, help="held-out images scored per run (default: all)")
+    p.add_argument("--hash-points", type=int, default=18, help="log2 of the points of the hash benchmark")
+    p.add_argument("--hash-log2-t", type=int, default=19, help="log2 of the hash table size per level")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--work", type=Path, default=REPO / "bench" / "results" / "runs", help="where runs are written")
+    p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "cpu.json")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = p.parse_args(argv)
+    only = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = sorted(set(only) - set(PARTS))
+    if unknown:
+        p.error(f"unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}")
+
+    results = {"parts": {}}
+    if args.out.is_file():
+        try:
+            results = json.loads(args.out.read_text())
+        except json.JSONDecodeError:
+            print(f"warning: {args.out} is not valid JSON; starting a new results file")
+    results.setdefault("parts", {})
+    results["machine"] = {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+                          "platform": platform.platform(), "processor": platform.processor()}
+    runners = {"demo": part_demo, "lego": part_lego, "fox": part_fox, "hash": part_hash}
+    for name in PARTS:
+        if name in only:
+            t0 = time.perf_counter()
+            res = runners[name](args)
+            res["date"] = time.strftime("%Y-%m-%d %H:%M:%S")
+            res["part_seconds"] = time.perf_counter() - t0
+            res["args"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+            results["parts"][name] = res
+            _write_json(args.out, results)  # after every part, so a long run keeps what it measured
+    print_tables(results)
+    print(f"results: {args.out}")
+    return results
+
+
+def _write_json(path: Path, obj) -> None:
+    from omnifield.scenes.runs import atomic_write_json
+
+    atomic_write_json(path, obj)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,286 @@
+"""The ``omnifield`` command: parse the arguments, call the library, print.
+
+Heavy modules (torch, the scenes) are imported inside the command functions so ``omnifield --help``
+is instant. Every user error (an :class:`~omnifield.errors.OmnifieldError`, a missing or unreadable
+file, malformed JSON) becomes one line ``omnifield: error: <file>: <problem>`` on stderr and exit
+code 2; ``--debug`` also prints the traceback. Ctrl-C exits with 130 (the trainer saves first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from pathlib import Path
+
+from omnifield.errors import OmnifieldError
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+SPLITS = ("test", "val", "train", "all")
+
+
+# -- commands ------------------------------------------------------------------------------------
+def cmd_methods(args) -> int:
+    from omnifield.scenes.registry import available_methods, get_method
+
+    for name in available_methods():
+        desc = get_method(name).description
+        print(f"{name:<16} {desc}".rstrip())
+    return 0
+
+
+def cmd_data_info(args) -> int:
+    from omnifield.datasets.info import describe, format_info
+    from omnifield.datasets.load import load_scene
+
+    info = describe(load_scene(args.path, downscale=args.downscale))
+    print(json.dumps(info, indent=2) if args.json else format_info(info))
+    return 0
+
+
+def cmd_data_synth(args) -> int:
+    from omnifield.datasets.synth import SynthConfig, synthesize
+    from omnifield.scenes.runs import apply_overrides
+
+    config = apply_overrides(SynthConfig(), args.set or [])
+    out = synthesize(args.out, config, overwrite=args.overwrite, progress=True)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from omnifield.scenes.trainer import train_method
+
+    trainer = {k: v for k, v in {
+        "max_steps": args.max_steps, "max_minutes": args.max_minutes, "seed": args.seed,
+        "eval_every": args.eval_every, "checkpoint_every": args.checkpoint_every,
+        "num_threads": args.threads,
+    }.items() if v is not None}
+    if args.no_progress:
+        trainer["progress"] = False
+    result = train_method(args.method, args.data, out=args.out, downscale=args.downscale,
+                          scene_overrides=args.set or [], trainer_overrides=trainer,
+                          resume=args.resume, device=args.device)
+    line = f"{result.status}: {result.step} steps in {result.elapsed_seconds:.1f} s"
+    if result.loss is not None:
+        line += f", loss {result.loss:.4g}"
+    if result.eval_psnr is not None:
+        line += f", held-out PSNR {result.eval_psnr:.2f} dB"
+    print(line)
+    print(f"run: {result.run_dir}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from omnifield.scenes.evaluate import evaluate
+    from omnifield.scenes.runs import RENDERS_DIR, atomic_write_json, load_run
+    from omnifield.scenes.trainer import pick_device
+
+    run = load_run(args.run, device=pick_device(args.device))
+    data = run.load_data(args.data, args.downscale, split=args.split)
+    out_dir = None if args.no_renders else Path(args.run) / RENDERS_DIR / f"eval-{args.split}-step{run.step}"
+    result = evaluate(run, data, split=args.split, out_dir=out_dir, max_images=args.max_images)
+    if args.out is not None:
+        atomic_write_json(args.out, result)
+    rows = [(str(r["index"]), r["name"], f"{r['psnr']:.2f}", f"{r['ssim']:.4f}") for r in result["per_image"]]
+    if args.per_image:
+        _print_table(["index", "image", "PSNR", "SSIM"], rows)
+    _print_table(["split", "images", "PSNR", "SSIM", "render s"], [(
+        result["split"], str(result["num_images"]), f"{result['psnr']:.2f}", f"{result['ssim']:.4f}",
+        f"{result['render_seconds']:.1f}")])
+    if out_dir is not None:
+        print(f"renders: {out_dir}")
+    if args.out is not None:
+        print(f"metrics: {args.out}")
+    return 0
+
+
+def cmd_render(args) -> int:
+    from omnifield.scenes.runs import load_run
+    from omnifield.scenes.trainer import pick_device
+    from omnifield.scenes.video import render_path
+
+    run = load_run(args.run, device=pick_device(args.device))
+    out = render_path(run, args.path, out=args.out, frames_dir=args.frames, num_frames=args.frames_count,
+                      downscale=args.downscale, fps=args.fps, channel=args.channel)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from omnifield.scenes.export import export_mesh, export_pointcloud
+    from omnifield.scenes.runs import load_run
+    from omnifield.scenes.trainer import pick_device
+
+    run = load_run(args.run, device=pick_device(args.device))
+    if args.kind == "mesh":
+        out = export_mesh(run, args.out, resolution=args.resolution)
+    else:
+        out = export_pointcloud(run, args.out)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from omnifield.scenes.demo import run_demo
+
+    summary = run_demo(args.out, train_minutes=args.minutes)  # prints its own table
+    print(f"summary: {Path(summary.get('run', args.out)) / 'summary.json'}")
+    return 0
+
+
+# -- printing ------------------------------------------------------------------------------------
+def _print_table(header: list[str], rows: list[tuple]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(*header)
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)
+
+
+# -- the parser ----------------------------------------------------------------------------------
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse tree of ``omnifield`` (also used to document the commands)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the full traceback on errors")
+    parser = argparse.ArgumentParser(prog="omnifield", description="Neural 3D scenes: train, evaluate, render, export.",
+                                     parents=[common])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("methods", parents=[common], help="list the registered methods")
+    p.set_defaults(func=cmd_methods)
+    _add_data_commands(sub, common)
+    _add_train_command(sub, common)
+    _add_run_commands(sub, common)
+    return parser
+
+
+def _add_data_commands(sub, common) -> None:
+    data = sub.add_parser("data", parents=[common], help="inspect or synthesise datasets")
+    dsub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    p = dsub.add_parser("info", parents=[common], help="what a dataset folder holds")
+    p.add_argument("path", help="dataset folder (or its transforms.json / poses_bounds.npy / cameras.npz)")
+    p.add_argument("--downscale", type=_positive_int, default=1, help="image downscale factor")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_data_info)
+    p = dsub.add_parser("synth", parents=[common], help="write the procedural scene with ground truth")
+    p.add_argument("out", help="output folder (absent or empty)")
+    p.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE", help="SynthConfig options")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    p.set_defaults(func=cmd_data_synth)
+
+
+def _add_train_command(sub, common) -> None:
+    p = sub.add_parser("train", parents=[common], help="train a method on a dataset")
+    p.add_argument("method", help="method name (see `omnifield methods`)")
+    p.add_argument("--data", help="dataset folder (on --resume: defaults to the run's data)")
+    p.add_argument("--out", help="run directory (default runs/<data>-<method>-<time>)")
+    p.add_argument("--downscale", type=_positive_int, help="image downscale factor (default 1)")
+    p.add_argument("--max-steps", type=_positive_int, help="optimiser steps of the run")
+    p.add_argument("--max-minutes", type=float, help="wall-clock budget in minutes (stops cleanly)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE",
+                   help="scene config options, typed by the method's config (e.g. --set batch_rays=1024)")
+    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--eval-every", type=int, help="held-out PSNR every N steps (0: only at the end)")
+    p.add_argument("--checkpoint-every", type=int, help="checkpoint every N steps")
+    p.add_argument("--threads", type=_positive_int, help="torch CPU threads")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+
+def _add_run_commands(sub, common) -> None:
+    p = sub.add_parser("eval", parents=[common], help="PSNR / SSIM of a run on a split")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--data", help="dataset folder in the training data's original coordinates (default: the training data)")
+    p.add_argument("--split", choices=SPLITS, default="test")
+    p.add_argument("--downscale", type=_positive_int, help="image downscale (default: the run's)")
+    p.add_argument("--out", help="also write the metrics to this JSON file")
+    p.add_argument("--max-images", type=_positive_int, help="evaluate at most N evenly spaced images")
+    p.add_argument("--per-image", action="store_true", help="print one row per image")
+    p.add_argument("--no-renders", action="store_true", help="do not save the renders under RUN/renders/")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("render", parents=[common], help="render a camera path to a video or frames")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--path", required=True, help="orbit, spiral, dataset, train/val/test, or a camera-path JSON")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--out", help="output video (.mp4); default RUN/renders/<path>_<channel>.mp4")
+    g.add_argument("--frames", help="write PNG frames into this folder instead of a video")
+    p.add_argument("--frames-count", type=_positive_int, default=120, help="frames of generated paths")
+    p.add_argument("--downscale", type=float, help="divide the path's resolution by this factor")
+    p.add_argument("--fps", type=float, default=30.0)
+    p.add_argument("--channel", default="rgb", help="rgb, depth, alpha, normals ...")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("export", parents=[common], help="export a mesh or a point cloud")
+    p.add_argument("run", help="run directory")
+    p.add_argument("kind", choices=("mesh", "pointcloud"))
+    p.add_argument("--out", required=True, help="output file (.ply, .obj, .glb for meshes; .ply for points)")
+    p.add_argument("--resolution", type=_positive_int, default=256, help="marching-cubes grid resolution")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("demo", parents=[common], help="synthesise a scene, train, evaluate, export (no data needed)")
+    p.add_argument("--out", default="demo", help="output folder (default ./demo)")
+    p.add_argument("--minutes", type=float, default=2.5, help="training budget in minutes")
+    p.set_defaults(func=cmd_demo)
+
+
+# -- errors --------------------------------------------------------------------------------------
+def error_line(exc: BaseException) -> str | None:
+    """The one-line message of a user error, or None for a bug (which keeps its traceback)."""
+    if isinstance(exc, OmnifieldError):
+        text = str(exc)
+    elif isinstance(exc, json.JSONDecodeError):
+        text = f"malformed JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})"
+    elif isinstance(exc, (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError,
+                          NotADirectoryError)):
+        text = f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc)
+    else:
+        return None
+    return "omnifield: error: " + " ".join(text.split())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code (0 ok, 2 user error, 130 interrupted)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = bool(getattr(args, "debug", False))
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
+        print("omnifield: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        line = error_line(exc)
+        if line is None:
+            raise
+        if debug:
+            traceback.print_exc()
+        print(line, file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

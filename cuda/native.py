@@ -1,0 +1,156 @@
+"""Just-in-time build and load of the C++ CPU kernels in ``cuda/csrc`` (DESIGN.md, "Backends").
+
+:func:`load_cpu_extension` compiles one op's ``*_cpu.cpp`` sources with the public
+:func:`torch.utils.cpp_extension.load` (ninja + the system C++ compiler, ``-O3 -fopenmp``) on first
+use, never at import time. Builds are cached on disk under
+``$OMNIFIELD_CACHE/extensions`` (default ``~/.cache/omnifield/extensions``) in a folder named after
+the op, the torch version and a hash of the sources and flags, so a later process loads the shared
+library without compiling; torch's file baton keeps two processes from building the same folder at
+once. A failed build warns once with the reason and returns ``None`` (callers fall back to the
+pure-PyTorch reference). ``OMNIFIELD_NO_NATIVE=1`` disables native kernels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import sysconfig
+import threading
+import warnings
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+CSRC = Path(__file__).resolve().parent / "csrc"
+
+#: op name -> its C++ CPU sources, relative to ``cuda/csrc``.
+CPU_SOURCES: dict[str, tuple[str, ...]] = {
+    "hash_grid": ("hash_grid/hash_grid_cpu.cpp",),
+}
+
+# Portable flags (no -march=native: the cached library must run on any CPU of the machine kind).
+CFLAGS: tuple[str, ...] = ("-O3", "-fopenmp")
+LDFLAGS: tuple[str, ...] = ("-fopenmp",)
+
+DISABLE_ENV = "OMNIFIELD_NO_NATIVE"
+CACHE_ENV = "OMNIFIELD_CACHE"
+
+_lock = threading.Lock()
+_loaded: dict[str, ModuleType] = {}
+_errors: dict[str, str] = {}
+
+
+def native_disabled() -> bool:
+    """True when ``$OMNIFIELD_NO_NATIVE`` is set to a true value (``1``, ``true``, ``yes``)."""
+    return os.environ.get(DISABLE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def cache_root() -> Path:
+    """``$OMNIFIELD_CACHE/extensions``, default ``~/.cache/omnifield/extensions``."""
+    root = os.environ.get(CACHE_ENV) or os.path.join("~", ".cache", "omnifield")
+    return Path(root).expanduser() / "extensions"
+
+
+def _source_paths(name: str) -> list[Path]:
+    if name not in CPU_SOURCES:
+        raise ValueError(f"unknown native op {name!r}; known: {sorted(CPU_SOURCES)}")
+    return [CSRC / s for s in CPU_SOURCES[name]]
+
+
+def build_key(name: str) -> str:
+    """``<torch version>-<hash>`` of the sources, flags and Python ABI: the cache folder's suffix."""
+    h = hashlib.sha256()
+    for path in _source_paths(name):
+        h.update(path.name.encode())
+        h.update(path.read_bytes() if path.is_file() else b"<missing>")
+    h.update(" ".join(CFLAGS + LDFLAGS).encode())
+    h.update(str(sysconfig.get_config_var("SOABI")).encode())
+    return f"{torch.__version__.replace('+', '_')}-{h.hexdigest()[:12]}"
+
+
+def build_directory(name: str) -> Path:
+    """Where the extension ``name`` is (or will be) built."""
+    return cache_root() / f"{name}-{build_key(name)}"
+
+
+def last_error(name: str) -> str | None:
+    """Why the last build of ``name`` failed in this process (``None`` if it did not fail)."""
+    return _errors.get(name)
+
+
+def load_cpu_extension(name: str) -> ModuleType | None:
+    """The compiled CPU extension of op ``name`` (e.g. ``"hash_grid"``), building it on first use.
+
+    Returns ``None`` when native kernels are disabled (``$OMNIFIELD_NO_NATIVE``) or the build fails;
+    a failure emits one ``RuntimeWarning`` with the reason per process (see :func:`last_error`).
+    Thread-safe; the result is memoised for the process.
+    """
+    if native_disabled():
+        return None
+    sources = _source_paths(name)
+    with _lock:
+        if name in _loaded:
+            return _loaded[name]
+        if name in _errors:
+            return None
+        try:
+            module = _build(name, sources)
+        except Exception as exc:  # noqa: BLE001 - any build failure means "use the reference"
+            reason = _reason(exc)
+            _errors[name] = reason
+            warnings.warn(
+                f"omnifield: could not build the C++ CPU kernel {name!r}; using the pure-PyTorch "
+                f"reference instead. Reason: {reason}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return None
+        _loaded[name] = module
+        return module
+
+
+def _build(name: str, sources: list[Path]) -> ModuleType:
+    from torch.utils import cpp_extension  # deferred: importing it is slow and probes compilers
+
+    missing = [str(s) for s in sources if not s.is_file()]
+    if missing:
+        raise FileNotFoundError(f"missing sources {missing}")
+    key = build_key(name)
+    directory = cache_root() / f"{name}-{key}"
+    directory.mkdir(parents=True, exist_ok=True)
+    module_name = f"omnifield_{name}_cpu_{key.rsplit('-', 1)[1]}"
+    if not any(directory.glob(f"{module_name}*.so")):
+        print(f"omnifield: compiling the C++ CPU kernel {name!r} (once; cached in {directory})", file=sys.stderr)
+    return cpp_extension.load(
+        name=module_name,
+        sources=[str(s) for s in sources],
+        extra_cflags=list(CFLAGS),
+        extra_ldflags=list(LDFLAGS),
+        build_directory=str(directory),
+        verbose=False,
+    )
+
+
+_DIAGNOSTIC = ("error", "not found", "fatal", "no such file", "required", "undefined reference")
+
+
+def _reason(exc: BaseException, limit: int = 1500) -> str:
+    """A short reason: the exception's first line plus the compiler's diagnostic lines (no command lines)."""
+    text = str(exc)
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None and getattr(cause, "output", None):
+        out = cause.output
+        text += "\n" + (out.decode(errors="replace") if isinstance(out, bytes) else str(out))
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    first = (lines[0] if lines else "").split(" [1/")[0]  # drop ninja's echoed command
+    head = f"{type(exc).__name__}: {first[:300]}"
+    keep: list[str] = []
+    for ln in lines[1:]:
+        if "-isystem" in ln or ln.startswith("[") or ln in keep:  # compile command lines, repeats
+            continue
+        if any(word in ln.lower() for word in _DIAGNOSTIC):
+            keep.append(ln)
+    reason = "\n".join([head, *keep[:12]])
+    return reason if len(reason) <= limit else reason[:limit] + " ..."

@@ -1,0 +1,1 @@
+"""Pure-PyTorch twins of every kernel: the CPU path and the oracle for tests."""

@@ -1,0 +1,106 @@
+"""Occupancy-grid ray marching and EMA update (Instant-NGP / nerfacc ``OccGridEstimator``), pure PyTorch.
+
+Grid convention: ``binaries [Lv, G, G, G]`` bool, cascade level ``i`` covers the box ``aabb`` scaled
+by ``2^i`` about its centre; cell ``(ix, iy, iz)`` of a level covers
+``[lo + ix * size / G, lo + (ix + 1) * size / G)`` on x (and likewise y, z). A point is assigned to
+the finest level whose box holds it; points outside the coarsest box are empty.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .compositing import packed_info_from_ray_indices
+
+
+def grid_lookup(points: Tensor, binaries: Tensor, aabb: Tensor) -> Tensor:
+    """Occupancy ``[N]`` bool of world ``points [N, 3]`` in a cascaded grid ``binaries [Lv, G, G, G]``."""
+    levels, res = binaries.shape[0], binaries.shape[1]
+    box = aabb.reshape(2, 3).to(points)
+    centre, half = 0.5 * (box[0] + box[1]), 0.5 * (box[1] - box[0])
+    u = (points - centre) / half  # level-0 box is [-1, 1]^3
+    extent = u.abs().amax(dim=-1)
+    level = torch.ceil(torch.log2(extent.clamp_min(1e-12))).clamp_min(0).long()
+    inside = level < levels
+    level = level.clamp(max=levels - 1)
+    scale = torch.exp2(level.to(points.dtype))[:, None]
+    g = ((u / scale + 1.0) * 0.5 * res).floor().long().clamp(0, res - 1)
+    flat = ((level * res + g[:, 0]) * res + g[:, 1]) * res + g[:, 2]
+    return binaries.reshape(-1)[flat] & inside
+
+
+def march_occupancy_grid(
+    origins: Tensor,
+    directions: Tensor,
+    t_min: Tensor,
+    t_max: Tensor,
+    binaries: Tensor,
+    aabb: Tensor,
+    step_size: float,
+    t_offset: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """March ``R`` rays with a constant step and keep the samples whose midpoint cell is occupied.
+
+    Args:
+        origins, directions: ``[R, 3]``; t_min, t_max: ``[R]`` ray segment to march (empty when
+            ``t_max <= t_min``).
+        binaries: ``[Lv, G, G, G]`` bool occupancy; aabb: ``[2, 3]`` level-0 box.
+        step_size: interval length along the ray (world units).
+        t_offset: optional ``[R]`` in ``[0, 1)``: stratified jitter of the first interval, in steps.
+
+    Returns:
+        packed ``ray_indices [S]``, ``t_starts [S]``, ``t_ends [S]``, ``packed_info [R, 2]``. Not differentiable.
+    """
+    n_rays = origins.shape[0]
+    start = t_min if t_offset is None else t_min + t_offset * step_size
+    length = (t_max - start).clamp_min(0.0)
+    counts = torch.ceil(length / step_size).long()
+    counts = torch.where(t_max > start, counts, torch.zeros_like(counts))
+    total = int(counts.sum())
+    device = origins.device
+    ray_ids = torch.repeat_interleave(torch.arange(n_rays, device=device), counts, output_size=total)
+    first = torch.cumsum(counts, 0) - counts
+    local = torch.arange(total, device=device) - first[ray_ids]
+    t0 = start[ray_ids] + local.to(origins.dtype) * step_size
+    t1 = torch.minimum(t0 + step_size, t_max[ray_ids])
+    mid = 0.5 * (t0 + t1)
+    pts = origins[ray_ids] + directions[ray_ids] * mid[:, None]
+    keep = grid_lookup(pts, binaries, aabb)
+    ray_ids, t0, t1 = ray_ids[keep], t0[keep], t1[keep]
+    return ray_ids, t0, t1, packed_info_from_ray_indices(ray_ids, n_rays)
+
+
+def cell_points(cell_ids: Tensor, levels: int, resolution: int, aabb: Tensor, jitter: Tensor | None = None) -> Tensor:
+    """World positions ``[N, 3]`` inside flat cell ids ``[N]`` (``level * G^3 + (ix * G + iy) * G + iz``).
+
+    ``jitter [N, 3]`` in ``[0, 1)`` places the point in the cell (centre when None).
+    """
+    g = resolution
+    level = cell_ids // (g**3)
+    rem = cell_ids % (g**3)
+    ijk = torch.stack([rem // (g * g), (rem // g) % g, rem % g], dim=-1).to(aabb.dtype)
+    frac = torch.full_like(ijk, 0.5) if jitter is None else jitter.to(aabb.dtype)
+    u = (ijk + frac) / g * 2.0 - 1.0  # [-1, 1] in the level's box
+    box = aabb.reshape(2, 3)
+    centre, half = 0.5 * (box[0] + box[1]), 0.5 * (box[1] - box[0])
+    return centre + u * half * torch.exp2(level.to(aabb.dtype))[:, None]
+
+
+def occupancy_ema_update(occs: Tensor, cell_ids: Tensor, values: Tensor, decay: float) -> Tensor:
+    """``occs[c] = max(occs[c] * decay, value)`` for the updated cells (in place); returns ``occs``.
+
+    Duplicate ``cell_ids`` keep the largest value.
+    """
+    new = torch.full_like(occs, -1.0).scatter_reduce(0, cell_ids, values.to(occs.dtype), reduce="amax", include_self=True)
+    touched = torch.zeros_like(occs, dtype=torch.bool)
+    touched[cell_ids] = True
+    occs[touched] = torch.maximum(occs[touched] * decay, new[touched])
+    return occs
+
+
+def occupancy_binarize(occs: Tensor, threshold: float) -> Tensor:
+    """Occupied cells: ``occs > min(mean(occs), threshold)`` (nerfacc's rule), bool like ``occs``."""
+    valid = occs[occs >= 0]
+    thre = min(float(valid.mean()) if valid.numel() else 0.0, threshold)
+    return occs > thre

@@ -1,0 +1,179 @@
+"""The ``instant-ngp`` scene: hash grid + tiny MLPs + occupancy grid, rendered by ray marching."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from omnifield.errors import ConfigError
+from omnifield.fields import MLP, HashGridConfig, HashGridEncoding, SHEncoding, trunc_exp
+from omnifield.renderers.occupancy import OccupancyGrid
+from omnifield.renderers.types import RayBundle, RenderOutput
+from omnifield.renderers.volume import composite
+from omnifield.scenes._common import WarmupMultiStep, adam, default_profile, psnr, scene_extent
+from omnifield.scenes.base import RayBatch, RenderOptions, Scene
+from omnifield.scenes.instant_ngp.config import InstantNGPConfig
+
+_PROFILES = {
+    "paper": dict(log2_hashmap_size=19, max_res_per_extent=2048, grid_resolution=128, steps_per_diag=1024, target=2**18,
+                  grid_warmup_steps=256, grid_update_fraction=0.25),
+    "cpu": dict(log2_hashmap_size=17, max_res_per_extent=512, grid_resolution=64, steps_per_diag=512, target=2**15,
+                grid_warmup_steps=64, grid_update_fraction=0.125),
+}
+
+
+def resolve_config(config: InstantNGPConfig, scene_box: Tensor, unbounded: bool = False, near=None, far=None,
+                   background=(1.0, 1.0, 1.0)) -> InstantNGPConfig:
+    """Fill the ``None`` fields of ``config`` from its profile and the scene (box extent, bounds, background)."""
+    profile = default_profile() if config.profile == "auto" else config.profile
+    if profile not in _PROFILES:
+        raise ConfigError(f"instant-ngp: unknown profile {config.profile!r} (choose auto, paper or cpu)")
+    p = _PROFILES[profile]
+    extent = scene_extent(scene_box)
+    target = config.target_samples_per_batch or p["target"]
+    pick = lambda v, d: d if v is None else v  # noqa: E731
+    return replace(
+        config,
+        profile=profile,
+        log2_hashmap_size=pick(config.log2_hashmap_size, p["log2_hashmap_size"]),
+        max_resolution=pick(config.max_resolution, max(config.base_resolution, int(round(p["max_res_per_extent"] * extent)))),
+        grid_resolution=pick(config.grid_resolution, p["grid_resolution"]),
+        grid_levels=pick(config.grid_levels, 4 if unbounded else 1),
+        render_step_size=pick(config.render_step_size, math.sqrt(3.0) * extent / p["steps_per_diag"]),
+        target_samples_per_batch=target,
+        init_rays_per_batch=pick(config.init_rays_per_batch, max(64, target // 128)),
+        grid_warmup_steps=pick(config.grid_warmup_steps, p["grid_warmup_steps"]),
+        grid_update_fraction=pick(config.grid_update_fraction, p["grid_update_fraction"]),
+        near=pick(config.near, 0.0 if near is None else float(near)),
+        far=pick(config.far, 1e10 if far is None else float(far)),
+        background=tuple(pick(config.background, tuple(background))),
+    )
+
+
+class InstantNGP(Scene):
+    """Instant-NGP radiance field (implements ``HasDensity``).
+
+    Density: ``trunc_exp(h_0 + density_bias)`` of a 1-hidden-layer MLP on the hash encoding of the
+    position normalised to the grid box; colour: sigmoid of a 2-hidden-layer MLP on
+    [SH(view direction), 15 geometry features].
+    """
+
+    method = "instant-ngp"
+
+    def __init__(self, config: InstantNGPConfig, scene_box: Tensor, unbounded: bool = False):
+        super().__init__(config, scene_box)
+        c = config
+        if c.max_resolution is None or c.render_step_size is None:
+            raise ConfigError("InstantNGP needs a resolved config (use resolve_config or build)")
+        self.grid = OccupancyGrid(self.scene_box, c.grid_resolution, c.grid_levels)
+        self.register_buffer("field_box", self.grid.outer_aabb().clone())
+        self.encoding = HashGridEncoding(HashGridConfig(
+            n_levels=c.n_levels, n_features=c.n_features_per_level, log2_table_size=c.log2_hashmap_size,
+            base_resolution=c.base_resolution, max_resolution=c.max_resolution))
+        self.density_mlp = MLP(self.encoding.out_dim, 1 + c.geo_feat_dim, c.hidden_dim, c.density_hidden_layers)
+        self.dir_encoding = SHEncoding(c.sh_degree)
+        self.color_mlp = MLP(self.dir_encoding.out_dim + c.geo_feat_dim, 3, c.hidden_dim, c.color_hidden_layers,
+                             output_activation="sigmoid")
+        self._rays_per_batch = int(c.init_rays_per_batch)
+        self._last_samples = 0
+
+    # -- field ---------------------------------------------------------------------------------
+    def _geometry(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        lo, hi = self.field_box[0], self.field_box[1]
+        u = (x - lo) / (hi - lo)
+        inside = ((u >= 0) & (u <= 1)).all(dim=-1)
+        h = self.density_mlp(self.encoding(u))
+        sigma = trunc_exp(h[:, 0] + self.config.density_bias) * inside.to(h.dtype)
+        return sigma, h[:, 1:]
+
+    def density(self, x: Tensor, t: Tensor | None = None) -> Tensor:
+        """``x [N, 3]`` world points -> ``[N]`` density (zero outside the field box). Differentiable."""
+        return self._geometry(x)[0]
+
+    def _color(self, geo: Tensor, d: Tensor) -> Tensor:
+        return self.color_mlp(torch.cat([self.dir_encoding(d), geo], dim=-1))
+
+    def color(self, x: Tensor, d: Tensor, t: Tensor | None = None) -> Tensor:
+        """``x [N, 3]``, unit ``d [N, 3]`` -> ``[N, 3]`` colour in [0, 1]."""
+        return self._color(self._geometry(x)[1], d)
+
+    # -- rendering -----------------------------------------------------------------------------
+    def render_rays(self, rays: RayBundle, background: Tensor, options: RenderOptions | None = None) -> RenderOutput:
+        """Occupancy-grid marching with early termination, then compositing ``[R, k]``."""
+        c = self.config
+        near = c.near if options is None or options.near is None else options.near
+        far = c.far if options is None or options.far is None else options.far
+        o, d = rays.origins, rays.directions
+
+        def sigma_fn(ts: Tensor, te: Tensor, ri: Tensor) -> Tensor:
+            return self.density(o[ri] + d[ri] * (0.5 * (ts + te))[:, None])
+
+        samples = self.grid.sample(rays, near, far, c.render_step_size, sigma_fn, c.alpha_thre, c.early_stop_eps,
+                                   stratified=self.training)
+        self._last_samples = len(samples)
+        if len(samples) == 0:
+            empty = torch.zeros(0, device=o.device)
+            return composite(samples, empty.reshape(0, 3), empty, len(rays), background)
+        x = samples.positions(rays)
+        sigma, geo = self._geometry(x)
+        if options is not None and options.crop_box is not None:
+            box = torch.tensor(options.crop_box, dtype=x.dtype, device=x.device)
+            sigma = sigma * ((x >= box[0]) & (x <= box[1])).all(-1).to(sigma.dtype)
+        rgb = self._color(geo, d[samples.ray_indices])
+        return composite(samples, rgb, sigma, len(rays), background)
+
+    # -- training ------------------------------------------------------------------------------
+    def training_step(self, batch: RayBatch, step: int) -> dict[str, Tensor]:
+        """MSE to the target composited on the batch's (per-ray, possibly random) background."""
+        out = self.render_rays(batch.rays, batch.background)
+        mse = F.mse_loss(out.rgb, batch.rgb)
+        loss = mse
+        if self._last_samples == 0:  # keep a graph so backward() works when every ray missed
+            loss = loss + 0.0 * self.encoding.table.sum()
+        return {
+            "loss": loss,
+            "psnr": psnr(mse),
+            "num_samples": torch.tensor(float(self._last_samples)),
+            "num_rays": torch.tensor(float(len(batch.rays))),
+        }
+
+    def on_step_begin(self, step: int) -> None:
+        """Occupancy-grid update every ``grid_update_every`` steps (Instant-NGP)."""
+        c = self.config
+        if self.training and step % c.grid_update_every == 0:
+            self.grid.update(step, self.density, c.render_step_size, c.grid_threshold, c.grid_ema_decay,
+                             c.grid_warmup_steps, c.grid_update_fraction)
+
+    def on_step_end(self, step: int) -> None:
+        """Adapt the ray count so the next batch holds about ``target_samples_per_batch`` samples."""
+        if self._last_samples > 0:
+            n = self._rays_per_batch * self.config.target_samples_per_batch / self._last_samples
+            self._rays_per_batch = int(min(max(n, 64), self.config.max_rays_per_batch))
+
+    def rays_per_batch(self) -> int:
+        return self._rays_per_batch
+
+    def configure_optimizers(self, max_steps: int):
+        """Adam (lr 1e-2, betas (0.9, 0.99), eps 1e-15; weight decay on the MLPs), warmup + multi-step decay."""
+        c = self.config
+        mlps = [p for m in (self.density_mlp, self.color_mlp) for p in m.parameters()]
+        opt = adam([{"params": list(self.encoding.parameters()), "weight_decay": 0.0},
+                    {"params": mlps, "weight_decay": c.weight_decay}], lr=c.lr, betas=c.betas, eps=c.eps)
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, WarmupMultiStep(max_steps, c.lr_warmup_steps))
+
+    def extra_state(self) -> dict[str, Tensor]:
+        return {"rays_per_batch": torch.tensor(self._rays_per_batch)}
+
+    def load_extra_state(self, state: dict[str, Tensor]) -> None:
+        if "rays_per_batch" in state:
+            self._rays_per_batch = int(state["rays_per_batch"])
+
+
+def build(config: InstantNGPConfig, data) -> InstantNGP:
+    """Build from a SceneData: resolves the profile and the scene-dependent defaults."""
+    resolved = resolve_config(config, data.scene_box, data.unbounded, data.near, data.far, data.background)
+    return InstantNGP(resolved, data.scene_box, data.unbounded)

@@ -1,0 +1,146 @@
+"""The ``nerf`` scene: positional encoding + 8x256 MLP, coarse/fine hierarchical sampling (NeRF, 2020)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from omnifield.cuda import ops
+from omnifield.fields import MLP, FrequencyEncoding
+from omnifield.renderers.occupancy import OccupancyGrid
+from omnifield.renderers.sampling import edges_to_packed, pdf_edges, stratified_edges
+from omnifield.renderers.types import RayBundle, RenderOutput
+from omnifield.renderers.volume import composite
+from omnifield.scenes._common import ExponentialDecay, adam, psnr, scene_extent
+from omnifield.scenes.base import RayBatch, RenderOptions, Scene
+from omnifield.scenes.nerf.config import NeRFConfig
+
+
+class NeRFField(nn.Module):
+    """NeRF MLP: ``sigma = relu(.)`` after 8 layers (skip at ``skip_layer``), colour from a 128-wide head
+    on [feature, encoded direction]."""
+
+    def __init__(self, c: NeRFConfig):
+        super().__init__()
+        self.pos_enc = FrequencyEncoding(3, c.pos_frequencies)
+        self.dir_enc = FrequencyEncoding(3, c.dir_frequencies)
+        self.trunk = MLP(self.pos_enc.out_dim, None, c.hidden_dim, c.n_layers, skip_connections=(c.skip_layer,))
+        self.sigma_head = nn.Linear(c.hidden_dim, 1)
+        self.feature = nn.Linear(c.hidden_dim, c.hidden_dim)
+        self.color_head = MLP(c.hidden_dim + self.dir_enc.out_dim, 3, c.color_hidden_dim, 1, output_activation="sigmoid")
+
+    def forward(self, x: Tensor, d: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """``x [N, 3]`` in [-1, 1] box coordinates, ``d [N, 3]`` -> ``sigma [N]``, ``rgb [N, 3]`` (None without d)."""
+        h = self.trunk(self.pos_enc(x))
+        sigma = F.relu(self.sigma_head(h)[:, 0])
+        if d is None:
+            return sigma, None
+        return sigma, self.color_head(torch.cat([self.feature(h), self.dir_enc(d)], dim=-1))
+
+
+class NeRF(Scene):
+    """NeRF radiance field (implements ``HasDensity``, evaluated with the fine network)."""
+
+    method = "nerf"
+
+    def __init__(self, config: NeRFConfig, scene_box: Tensor):
+        super().__init__(config, scene_box)
+        c = config
+        self.fine = NeRFField(c)
+        self.coarse = None if c.use_occupancy_grid else NeRFField(c)
+        self.grid = OccupancyGrid(self.scene_box, c.grid_resolution) if c.use_occupancy_grid else None
+        self.step_size = c.render_step_size or math.sqrt(3.0) * scene_extent(self.scene_box) / 512
+        centre = self.scene_box.mean(0)
+        self.register_buffer("centre", centre.clone(), persistent=False)
+        self.half = 0.5 * scene_extent(self.scene_box)
+
+    def _normalise(self, x: Tensor) -> Tensor:
+        return (x - self.centre) / self.half
+
+    def density(self, x: Tensor, t: Tensor | None = None) -> Tensor:
+        """``x [N, 3]`` -> ``[N]`` density of the fine network. Differentiable."""
+        return self.fine(self._normalise(x), None)[0]
+
+    def color(self, x: Tensor, d: Tensor, t: Tensor | None = None) -> Tensor:
+        """``x [N, 3]``, unit ``d [N, 3]`` -> ``[N, 3]`` colour of the fine network."""
+        return self.fine(self._normalise(x), d)[1]
+
+    def _bounds(self, rays: RayBundle, options: RenderOptions | None) -> tuple[Tensor, Tensor]:
+        c = self.config
+        near = c.near if options is None or options.near is None else options.near
+        far = c.far if options is None or options.far is None else options.far
+        t0, t1, hit = ops.ray_aabb_intersect(rays.origins, rays.directions, self.scene_box)
+        t0 = t0.clamp_min(0.0) if near is None else torch.maximum(t0, torch.full_like(t0, near))
+        t1 = t1 if far is None else torch.minimum(t1, torch.full_like(t1, far))
+        t1 = torch.where(hit & (t1 > t0), t1, t0)  # missing rays get empty intervals
+        return t0, t1
+
+    def _shade(self, net: NeRFField, rays: RayBundle, samples, background: Tensor) -> RenderOutput:
+        x = samples.positions(rays)
+        sigma, rgb = net(self._normalise(x), rays.directions[samples.ray_indices])
+        return composite(samples, rgb, sigma, len(rays), background)
+
+    def _render(self, rays: RayBundle, background: Tensor, options: RenderOptions | None) -> tuple[RenderOutput, RenderOutput | None]:
+        c = self.config
+        if self.grid is not None:
+            o, d = rays.origins, rays.directions
+            near = c.near if options is None or options.near is None else options.near
+            far = c.far if options is None or options.far is None else options.far
+
+            def sigma_fn(ts, te, ri):
+                return self.density(o[ri] + d[ri] * (0.5 * (ts + te))[:, None])
+
+            samples = self.grid.sample(rays, 0.0 if near is None else near, 1e10 if far is None else far,
+                                       self.step_size, sigma_fn, stratified=self.training)
+            return self._shade(self.fine, rays, samples, background), None
+        t0, t1 = self._bounds(rays, options)
+        edges = stratified_edges(t0, t1, c.n_coarse, perturb=self.training)
+        coarse_samples = edges_to_packed(edges)
+        coarse = self._shade(self.coarse, rays, coarse_samples, background)
+        with torch.no_grad():
+            sig = self.coarse(self._normalise(coarse_samples.positions(rays)), None)[0]
+            w, _, _ = ops.render_weights(sig, coarse_samples.t_starts, coarse_samples.t_ends,
+                                         coarse_samples.ray_indices, coarse_samples.packed_info)
+        fine_edges = pdf_edges(edges, w.reshape(len(rays), c.n_coarse), c.n_fine, perturb=self.training)
+        fine = self._shade(self.fine, rays, edges_to_packed(fine_edges), background)
+        return fine, coarse
+
+    def render_rays(self, rays: RayBundle, background: Tensor, options: RenderOptions | None = None) -> RenderOutput:
+        """Coarse + fine (or grid-marched) rendering of ``R`` rays; returns the fine output ``[R, k]``."""
+        return self._render(rays, background, options)[0]
+
+    def training_step(self, batch: RayBatch, step: int) -> dict[str, Tensor]:
+        """MSE of the fine (and coarse) renders against the target."""
+        fine, coarse = self._render(batch.rays, batch.background, None)
+        mse = F.mse_loss(fine.rgb, batch.rgb)
+        loss = mse if coarse is None else mse + F.mse_loss(coarse.rgb, batch.rgb)
+        return {"loss": loss, "psnr": psnr(mse)}
+
+    def on_step_begin(self, step: int) -> None:
+        """Occupancy-grid update (only with ``use_occupancy_grid``)."""
+        if self.grid is not None and self.training and step % self.config.grid_update_every == 0:
+            self.grid.update(step, self.density, self.step_size)
+
+    def configure_optimizers(self, max_steps: int):
+        """Adam lr 5e-4 decaying exponentially to 5e-5 at ``max_steps``."""
+        c = self.config
+        opt = adam([{"params": [p for p in self.parameters() if p.requires_grad]}], lr=c.lr)
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, ExponentialDecay(max_steps, c.lr_final / c.lr))
+
+    def rays_per_batch(self) -> int:
+        return int(self.config.batch_rays)
+
+
+def build(config: NeRFConfig, data) -> NeRF:
+    """Build from a SceneData (near/far and background default to the dataset's)."""
+    resolved = replace(
+        config,
+        near=config.near if config.near is not None else data.near,
+        far=config.far if config.far is not None else data.far,
+        background=tuple(config.background if config.background is not None else data.background),
+    )
+    return NeRF(resolved, data.scene_box)

@@ -1,0 +1,534 @@
+"""The generic Trainer: random-pixel ray batches from any SceneData, any Scene, checkpoints and resume.
+
+One loop for every representation (nerfstudio's ``Trainer`` / instant-ngp's training loop):
+``scene.on_step_begin -> training_step -> backward -> optimizer.step -> scheduler.step ->
+scene.on_step_end``. Ray batches are drawn uniformly over every training pixel (images may differ
+in size), with a random background per ray when the images have alpha. Runs are deterministic for
+a seed, and ``--resume`` reaches the same state as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from omnifield.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
+from omnifield.scenes import runs
+from omnifield.scenes.base import RayBatch
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """How long and how to train; independent of the representation."""
+
+    max_steps: int = 30000
+    """Number of optimiser steps of the whole run (the schedule is built for it)."""
+    max_minutes: float | None = None
+    """Wall-clock training budget in minutes, summed over resumes; training stops cleanly when reached."""
+    eval_every: int = 2500
+    """Evaluate PSNR on a few held-out images every this many steps (0: never; also once at the end)."""
+    eval_max_images: int = 3
+    """Held-out images used by the periodic evaluation."""
+    checkpoint_every: int = 5000
+    """Save a checkpoint every this many steps (0: only at the end / on interrupt)."""
+    checkpoint_minutes: float | None = 10.0
+    """Also save a checkpoint when this many minutes passed since the last one (None: never)."""
+    log_every: int = 100
+    """Append a training record (loss, PSNR, rays/s, lr) to metrics.jsonl every this many steps."""
+    seed: int = 0
+    """Seed of the ray sampler and of torch's global RNG at the start of a fresh run."""
+    num_threads: int | None = None
+    """torch CPU threads (None: leave torch's default)."""
+    random_background: bool = True
+    """With alpha images, composite each target ray on a random colour (the scene learns transparency)."""
+    pixel_jitter: bool = True
+    """Jitter ray positions uniformly within the pixel (False: pixel centres)."""
+    progress: bool = True
+    """Show a progress bar (rich) on stderr."""
+
+    def __post_init__(self):
+        for name in ("max_steps", "eval_every", "eval_max_images", "checkpoint_every", "log_every"):
+            if int(getattr(self, name)) < 0:
+                raise ConfigError(f"trainer option {name} must be >= 0, got {getattr(self, name)}")
+        for name in ("max_minutes", "checkpoint_minutes"):
+            v = getattr(self, name)
+            if v is not None and not v > 0:
+                raise ConfigError(f"trainer option {name} must be > 0 or None, got {v}")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ConfigError(f"trainer option num_threads must be >= 1, got {self.num_threads}")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """How a call to :meth:`Trainer.train` ended.
+
+    Attributes:
+        run_dir: the run directory (None when training in memory).
+        step: completed steps.
+        status: "finished" (max_steps), "time_budget" (max_minutes) or "stopped" (:meth:`Trainer.stop`).
+        elapsed_seconds: training time summed over resumes.
+        loss, psnr: last training values (psnr None when the scene does not report it).
+        eval_psnr: last held-out PSNR, or None.
+    """
+
+    run_dir: Path | None
+    step: int
+    status: str
+    elapsed_seconds: float
+    loss: float | None = None
+    psnr: float | None = None
+    eval_psnr: float | None = None
+
+
+class PixelSampler:
+    """Every training pixel of a SceneData in one flat uint8 buffer, sampled uniformly.
+
+    Image ``k`` occupies ``offsets[k]:offsets[k+1]`` of ``rgb [P, 3]`` (row-major), so cameras of
+    different sizes mix freely. ``alpha [P, 1]`` is kept when any image has alpha (255 elsewhere).
+    """
+
+    def __init__(self, data, indices: list[int]):
+        if not indices:
+            raise DataError("no training images", data.root)
+        rgbs, alphas, sizes = [], [], []
+        for i in indices:
+            rgb = data.images.rgb(i)
+            h, w = int(data.cameras.height[i]), int(data.cameras.width[i])
+            if tuple(rgb.shape) != (h, w, 3):
+                raise DataError(f"image {i} is {tuple(rgb.shape[:2])} but its camera says {(h, w)}",
+                                data.images.paths[i] if i < len(data.images.paths) else data.root)
+            rgbs.append(rgb.reshape(-1, 3))
+            a = data.images.alpha(i)
+            alphas.append(None if a is None else a.reshape(-1, 1))
+            sizes.append(h * w)
+        self.rgb = torch.cat(rgbs)
+        self.alpha = None
+        if any(a is not None for a in alphas):
+            self.alpha = torch.cat([a if a is not None else torch.full((n, 1), 255, dtype=torch.uint8)
+                                    for a, n in zip(alphas, sizes)])
+        self.offsets = torch.tensor([0] + sizes).cumsum(0)
+        self.widths = data.cameras.width[torch.as_tensor(indices)].clone()
+        self.camera_ids = torch.as_tensor(indices, dtype=torch.long)
+        self.background = torch.tensor(data.background, dtype=torch.float32)
+
+    @property
+    def num_pixels(self) -> int:
+        return int(self.offsets[-1])
+
+    def sample(self, n: int, generator: torch.Generator, *, jitter: bool = True, random_background: bool = True):
+        """``n`` pixels uniformly over all images.
+
+        Returns ``(camera_indices [n] (indices into data.cameras), pixels [n, 2] float (u, v) pixel
+        coordinates, rgb [n, 3] float target, background [n, 3], alpha [n, 1] or None)``.
+        """
+        idx = torch.randint(0, self.num_pixels, (n,), generator=generator)
+        k = torch.searchsorted(self.offsets, idx, right=True) - 1
+        local = idx - self.offsets[k]
+        w = self.widths[k]
+        uv = torch.stack([local % w, torch.div(local, w, rounding_mode="floor")], dim=-1).float()
+        offset = torch.rand(n, 2, generator=generator) if jitter else torch.full((n, 2), 0.5)
+        rgb = self.rgb[idx].float() / 255.0
+        alpha = None if self.alpha is None else self.alpha[idx].float() / 255.0
+        if alpha is not None and random_background:
+            background = torch.rand(n, 3, generator=generator)
+            rgb = (rgb + (background - self.background) * (1.0 - alpha)).clamp(0.0, 1.0)
+        else:
+            background = self.background.expand(n, 3).clone()
+        return self.camera_ids[k], uv + offset, rgb, background, alpha
+
+
+class Trainer:
+    """Trains a Scene on a SceneData, writing checkpoints and metrics to ``run_dir``.
+
+    Thread-safe controls for a live viewer: :meth:`pause`, :meth:`resume_training`, :meth:`stop`,
+    and :attr:`lock` (held during each step; hold it to render a consistent scene).
+    """
+
+    def __init__(self, scene, data, config: TrainerConfig | None = None, run_dir: str | Path | None = None,
+                 *, downscale: int | None = None, method: str | None = None):
+        self.scene = scene
+        self.data = data
+        self.config = config or TrainerConfig()
+        self.run_dir = None if run_dir is None else Path(run_dir)
+        self.method = method or str(getattr(scene, "method", "") or getattr(scene.config, "method", ""))
+        self.downscale = int(downscale if downscale is not None else data.metadata.get("downscale", 1))
+        self.device = scene.scene_box.device if hasattr(scene, "scene_box") else torch.device("cpu")
+        self.cameras = data.cameras.to(self.device)
+        self.sampler = PixelSampler(data, data.split("train"))
+        self.eval_indices = self._eval_split()
+        self.generator = torch.Generator().manual_seed(self.config.seed)
+        self.optimizer, self.scheduler = scene.configure_optimizers(self.config.max_steps)
+        self.global_step = 0
+        self.elapsed_seconds = 0.0
+        self.last_checkpoint_step: int | None = None
+        self.lock = threading.RLock()
+        self._running = threading.Event()
+        self._running.set()
+        self._stop = threading.Event()
+        self._sigint = False
+        self._mutating = False
+        self._resumed = False
+        self._last_eval_step: int | None = None
+        self._step_seconds: float | None = None
+        self._last = {"loss": None, "psnr": None, "eval_psnr": None}
+
+    # -- controls (any thread) ------------------------------------------------------------------
+    def pause(self) -> None:
+        """Pause before the next step (the current one finishes)."""
+        self._running.clear()
+
+    def resume_training(self) -> None:
+        """Continue after :meth:`pause`."""
+        self._running.set()
+
+    def stop(self) -> None:
+        """Stop after the current step; :meth:`train` saves a checkpoint and returns status "stopped"."""
+        self._stop.set()
+        self._running.set()
+
+    @property
+    def paused(self) -> bool:
+        return not self._running.is_set()
+
+    # -- one step -------------------------------------------------------------------------------
+    def sample_batch(self, num_rays: int) -> RayBatch:
+        """A :class:`RayBatch` of ``num_rays`` random training pixels (uses the trainer's generator)."""
+        from omnifield.renderers.rays import camera_rays
+
+        cams, pixels, rgb, bg, alpha = self.sampler.sample(
+            num_rays, self.generator, jitter=self.config.pixel_jitter, random_background=self.config.random_background)
+        rays = camera_rays(self.cameras, cams.to(self.device), pixels.to(self.device))
+        return RayBatch(rays=rays, rgb=rgb.to(self.device), background=bg.to(self.device),
+                        alpha=None if alpha is None else alpha.to(self.device))
+
+    def step(self) -> dict[str, float]:
+        """Run one optimisation step; returns the scalar losses. Raises TrainingDiverged on a non-finite loss."""
+        with self.lock:
+            step = self.global_step
+            self.scene.train()
+            self.scene.on_step_begin(step)
+            batch = self.sample_batch(int(self.scene.rays_per_batch()))
+            losses = self.scene.training_step(batch, step)
+            loss = losses["loss"]
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise self._diverged(step, value)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self._mutating = True
+            self.optimizer.step()
+            if self.scheduler is not None:
+                self.scheduler.step()
+            self.scene.on_step_end(step)
+            self.global_step = step + 1
+            self._mutating = False
+        out = {k: float(v.detach()) if isinstance(v, Tensor) else float(v)
+               for k, v in losses.items() if isinstance(v, (Tensor, int, float)) and (not isinstance(v, Tensor) or v.numel() == 1)}
+        out["rays"] = float(len(batch.rays))
+        return out
+
+    def _diverged(self, step: int, value: float) -> TrainingDiverged:
+        kept = (f"the last good checkpoint (step {self.last_checkpoint_step}) is kept"
+                if self.last_checkpoint_step is not None else "no checkpoint had been saved yet")
+        return TrainingDiverged(f"loss became {value} at step {step}; training stopped, {kept}",
+                                self.run_dir)
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def save(self) -> None:
+        """Write a checkpoint of the current (consistent) state to the run directory."""
+        if self.run_dir is None:
+            return
+        with self.lock:
+            runs.save_checkpoint(self.run_dir, self.scene, self.global_step, optimizer=self.optimizer,
+                                 scheduler=self.scheduler, generator=self.generator,
+                                 trainer_extra={"elapsed_seconds": self.elapsed_seconds})
+            self.last_checkpoint_step = self.global_step
+
+    def resume(self) -> int:
+        """Load weights, optimizer, scheduler, RNG states and step from the run directory; returns the step."""
+        if self.run_dir is None:
+            raise ConfigError("cannot resume without a run directory")
+        model_path = self.run_dir / runs.MODEL_FILE
+        step = runs.load_weights(self.scene, model_path, method=self.method or None)
+        state = runs.load_trainer_state(self.run_dir)
+        if state.step != step:
+            raise CheckpointError(f"weights are from step {step} but the trainer state from step {state.step} "
+                                  "(interrupted while saving?)", model_path)
+        state_path = self.run_dir / runs.STATE_JSON_FILE
+        try:
+            self.optimizer.load_state_dict(state.optimizer)
+            if self.scheduler is not None and state.scheduler is not None:
+                self.scheduler.load_state_dict(state.scheduler)
+        except (ValueError, KeyError, TypeError, RuntimeError) as e:
+            raise CheckpointError(f"optimizer state does not fit this scene ({e})", state_path) from None
+        runs.restore_rng(state.rng_tensors, state.rng, self.generator)
+        self.global_step = step
+        self.elapsed_seconds = float(state.trainer.get("elapsed_seconds", 0.0))
+        self.last_checkpoint_step = step
+        self._resumed = True
+        runs.truncate_metrics(self.run_dir / runs.METRICS_FILE, step)
+        return step
+
+    # -- evaluation and logging -----------------------------------------------------------------
+    def _eval_split(self) -> list[int]:
+        for name in ("test", "val"):
+            if self.data.splits.get(name):
+                return list(self.data.splits[name])
+        return []
+
+    def evaluate(self) -> float | None:
+        """Mean PSNR on up to ``eval_max_images`` held-out images (RNG-neutral); None without held-out images."""
+        from omnifield.scenes.evaluate import pick_evenly, score_images
+
+        if not self.eval_indices or self.config.eval_max_images == 0:
+            return None
+        indices = pick_evenly(self.eval_indices, self.config.eval_max_images)
+        devices = [self.device] if self.device.type == "cuda" else []
+        with self.lock, torch.random.fork_rng(devices=devices):
+            self.scene.eval()
+            rows, seconds = score_images(self.scene, self.data, indices, with_ssim=False)
+            self.scene.train()
+        value = sum(r["psnr"] for r in rows) / len(rows)
+        self._log({"type": "eval", "step": self.global_step, "split": "test" if self.data.splits.get("test") else "val",
+                   "psnr": value, "num_images": len(rows), "render_seconds": seconds})
+        self._last["eval_psnr"] = value
+        self._last_eval_step = self.global_step
+        return value
+
+    def _log(self, record: dict) -> None:
+        if self.run_dir is not None:
+            runs.append_jsonl(self.run_dir / runs.METRICS_FILE, record)
+
+    # -- the loop -------------------------------------------------------------------------------
+    def train(self) -> TrainResult:
+        """Train until ``max_steps`` or ``max_minutes``, or until :meth:`stop`.
+
+        Ctrl-C finishes the current step, saves a checkpoint, prints how to resume and re-raises
+        KeyboardInterrupt. A non-finite loss raises TrainingDiverged without touching the last checkpoint.
+        """
+        cfg = self.config
+        if cfg.num_threads is not None:
+            torch.set_num_threads(cfg.num_threads)
+        if self.global_step == 0 and not self._resumed:
+            torch.manual_seed(cfg.seed)
+        if self.run_dir is not None:
+            runs.write_run_config(self.run_dir, method=self.method, scene_config=self.scene.config,
+                                  trainer_config=cfg, data=self.data, downscale=self.downscale)
+        restore_sigint = self._install_sigint()
+        bar = _ProgressBar(cfg, self.global_step)
+        status = "finished"
+        last_save = time.perf_counter()
+        rate = None
+        try:
+            while self.global_step < cfg.max_steps:
+                if self._sigint:
+                    raise KeyboardInterrupt
+                self._running.wait()
+                if self._stop.is_set():
+                    status = "stopped"
+                    break
+                if cfg.max_minutes is not None and self.elapsed_seconds >= cfg.max_minutes * 60:
+                    status = "time_budget"
+                    break
+                t0 = time.perf_counter()
+                logs = self.step()
+                s = self.global_step
+                self._last["loss"], self._last["psnr"] = logs.get("loss"), logs.get("psnr")
+                if cfg.log_every and s % cfg.log_every == 0:
+                    self._log({"type": "train", "step": s, **{k: v for k, v in logs.items() if k != "rays"},
+                               "lr": self.optimizer.param_groups[0]["lr"], "elapsed_seconds": self.elapsed_seconds})
+                t_eval = 0.0
+                if cfg.eval_every and s % cfg.eval_every == 0:
+                    t_eval = time.perf_counter()
+                    self.evaluate()
+                    t_eval = time.perf_counter() - t_eval
+                now = time.perf_counter()
+                dt = now - t0 - t_eval  # held-out evaluation is not training time
+                self.elapsed_seconds += dt
+                self._fit_schedule_to_budget(s, dt)
+                rate = logs["rays"] / max(dt, 1e-9) if rate is None else 0.9 * rate + 0.1 * logs["rays"] / max(dt, 1e-9)
+                if (cfg.checkpoint_every and s % cfg.checkpoint_every == 0) or (
+                        cfg.checkpoint_minutes is not None and now - last_save >= cfg.checkpoint_minutes * 60):
+                    self.save()
+                    last_save = time.perf_counter()
+                bar.update(s, logs, rate, self.elapsed_seconds, dt)
+            if status != "stopped" and cfg.eval_every and self.global_step > 0 \
+                    and self._last_eval_step != self.global_step:
+                self.evaluate()
+            if self.last_checkpoint_step != self.global_step:
+                self.save()
+        except KeyboardInterrupt:
+            bar.close()
+            self._on_interrupt()
+            raise
+        finally:
+            bar.close()
+            restore_sigint()
+        return TrainResult(self.run_dir, self.global_step, status, self.elapsed_seconds,
+                           self._last["loss"], self._last["psnr"], self._last["eval_psnr"])
+
+    def _fit_schedule_to_budget(self, step: int, dt: float) -> None:
+        """With ``max_minutes``, stretch or shrink the LR schedule to the steps the budget will allow.
+
+        Schedules are built for ``max_steps``; a wall-clock budget usually ends earlier, which would
+        leave the learning rate undecayed. Every 50 steps the projected final step
+        (``step + remaining_seconds / seconds_per_step``, capped at ``max_steps``) becomes the horizon
+        of every LR factor that has a ``max_steps`` attribute.
+        """
+        cfg = self.config
+        if cfg.max_minutes is None or self.scheduler is None:
+            return
+        self._step_seconds = dt if self._step_seconds is None else 0.95 * self._step_seconds + 0.05 * dt
+        if step < 50 or step % 50:
+            return
+        remaining = max(0.0, cfg.max_minutes * 60 - self.elapsed_seconds)
+        horizon = min(cfg.max_steps, step + int(remaining / max(self._step_seconds, 1e-6)))
+        for fn in getattr(self.scheduler, "lr_lambdas", []):
+            if hasattr(fn, "max_steps"):
+                fn.max_steps = max(horizon, 1)
+
+    def _on_interrupt(self) -> None:
+        if self._mutating:
+            kept = self.last_checkpoint_step
+            print(f"omnifield: interrupted in the middle of step {self.global_step}; not saving a half-updated state"
+                  + (f" (the checkpoint of step {kept} is kept)" if kept is not None else ""), file=sys.stderr)
+            return
+        if self.run_dir is None:
+            return
+        self.save()
+        print(f"omnifield: interrupted at step {self.global_step}; checkpoint saved in {self.run_dir}\n"
+              f"resume with: omnifield train {self.method} --data {self.data.root} --out {self.run_dir} --resume",
+              file=sys.stderr)
+
+    def _install_sigint(self):
+        """First Ctrl-C: finish the step, save and raise KeyboardInterrupt. Second: raise at once."""
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        previous = signal.getsignal(signal.SIGINT)
+
+        def handler(signum, frame):
+            if self._sigint:
+                raise KeyboardInterrupt
+            self._sigint = True
+            self._running.set()
+
+        signal.signal(signal.SIGINT, handler)
+        return lambda: signal.signal(signal.SIGINT, previous)
+
+
+class _ProgressBar:
+    """rich progress: loss, PSNR, rays/s and ETA (by steps or by the time budget, whichever is closer)."""
+
+    def __init__(self, cfg: TrainerConfig, start: int):
+        self.cfg = cfg
+        self.progress = None
+        if not cfg.progress:
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        self.progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[info]}"), console=Console(stderr=True))
+        self.task = self.progress.add_task("train", total=cfg.max_steps, completed=start, info="")
+        self.progress.start()
+        self.step_time = None
+
+    def update(self, step: int, logs: dict, rays_per_second: float, elapsed: float, dt: float) -> None:
+        if self.progress is None:
+            return
+        self.step_time = dt if self.step_time is None else 0.9 * self.step_time + 0.1 * dt
+        eta = (self.cfg.max_steps - step) * self.step_time
+        if self.cfg.max_minutes is not None:
+            eta = min(eta, max(0.0, self.cfg.max_minutes * 60 - elapsed))
+        psnr = logs.get("psnr")
+        info = (f"loss {logs['loss']:.4g}  psnr {psnr:.2f}" if psnr is not None else f"loss {logs['loss']:.4g}")
+        info += f"  {rays_per_second / 1000:.1f}k rays/s  ETA {_hms(eta)}"
+        self.progress.update(self.task, completed=step, info=info)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+def _hms(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+# -- the whole thing, as the CLI calls it --------------------------------------------------------------
+def default_run_dir(method: str, data_path: str | Path) -> Path:
+    """``runs/<data folder name>-<method>-<YYYYmmdd-HHMMSS>`` in the current directory."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{Path(data_path).resolve().name}-{method}-{stamp}"
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """"auto" -> cuda when available, else cpu."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def train_method(
+    method: str,
+    data_path: str | Path | None,
+    *,
+    out: str | Path | None = None,
+    downscale: int | None = None,
+    scene_overrides: list[str] | tuple[str, ...] = (),
+    trainer_overrides: dict | None = None,
+    resume: bool = False,
+    device: str = "auto",
+) -> TrainResult:
+    """Train ``method`` on the dataset at ``data_path`` (what ``omnifield train`` does).
+
+    ``scene_overrides`` are ``key=value`` strings typed by the method's config dataclass;
+    ``trainer_overrides`` are TrainerConfig fields. With ``resume`` the run at ``out`` continues from
+    its last checkpoint with its stored configs (trainer overrides such as max_steps still apply).
+    """
+    from omnifield.datasets.load import load_scene
+    from omnifield.scenes.registry import get_method
+
+    spec = get_method(method)
+    trainer_overrides = dict(trainer_overrides or {})
+    dev = pick_device(device)
+    if resume:
+        if out is None:
+            raise ConfigError("--resume needs --out RUN (the run directory to continue)")
+        if scene_overrides:
+            raise ConfigError("--set cannot change the scene config of an existing run")
+        run = runs.load_run(out, device=dev, expect_method=method)
+        if downscale is not None and downscale != run.downscale:
+            raise ConfigError(f"the run was trained with --downscale {run.downscale}, not {downscale}", out)
+        data = load_scene(data_path or run.data_path, downscale=run.downscale, background=run.background)
+        data = data.with_world(run.world_from_dataset, run.scene_box)
+        trainer = Trainer(run.scene, data, replace(run.trainer_config, **trainer_overrides), out,
+                          downscale=run.downscale, method=method)
+        trainer.resume()
+        return trainer.train()
+    if data_path is None:
+        raise ConfigError("train needs --data PATH")
+    out = Path(out) if out is not None else default_run_dir(method, data_path)
+    if (out / runs.CONFIG_FILE).exists():
+        raise ConfigError("already holds a run; pass --resume to continue it or choose another --out", out)
+    scene_config = runs.apply_overrides(spec.config_cls(), scene_overrides)
+    trainer_config = TrainerConfig(**trainer_overrides)
+    data = load_scene(data_path, downscale=downscale or 1)
+    torch.manual_seed(trainer_config.seed)
+    scene = spec.build(scene_config, data).to(dev)
+    trainer = Trainer(scene, data, trainer_config, out, downscale=downscale or 1, method=method)
+    return trainer.train()
+
+
+__all__ = ["TrainerConfig", "TrainResult", "Trainer", "PixelSampler", "train_method", "default_run_dir",
+           "pick_device"]

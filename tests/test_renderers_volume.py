@@ -1,0 +1,105 @@
+"""Volume compositing on packed samples, and the NeRF samplers."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from omnifield.cuda import ops
+from omnifield.renderers.occupancy import OccupancyGrid
+from omnifield.renderers.sampling import edges_to_packed, pdf_edges, stratified_edges
+from omnifield.renderers.types import PackedSamples, RayBundle
+from omnifield.renderers.volume import composite
+
+
+def _packed(ray_ids, ts, te, n_rays, dtype=torch.float32):
+    ri = torch.tensor(ray_ids, dtype=torch.long)
+    return PackedSamples(ri, torch.tensor(ts, dtype=dtype), torch.tensor(te, dtype=dtype), ops.packed_info_from_ray_indices(ri, n_rays))
+
+
+def test_two_samples_by_hand_and_empty_ray(tol):
+    # Ray 0: no samples -> background. Ray 1: two samples. Ray 2: one sample.
+    s = _packed([1, 1, 2], [1.0, 2.0, 0.5], [1.5, 3.0, 1.0], 3)
+    sigma = torch.tensor([2.0, 1.0, 4.0])
+    rgb = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    bg = torch.tensor([0.2, 0.3, 0.4])
+    out = composite(s, rgb, sigma, 3, bg)
+    a1 = 1 - math.exp(-2.0 * 0.5)
+    a2 = 1 - math.exp(-1.0 * 1.0)
+    w1, w2 = a1, (1 - a1) * a2
+    acc = w1 + w2
+    a3 = 1 - math.exp(-4.0 * 0.5)
+    expected = torch.tensor([
+        [0.2, 0.3, 0.4],
+        [w1 + (1 - acc) * 0.2, w2 + (1 - acc) * 0.3, (1 - acc) * 0.4],
+        [(1 - a3) * 0.2, (1 - a3) * 0.3, a3 + (1 - a3) * 0.4],
+    ])
+    f = tol["float32"]
+    torch.testing.assert_close(out.rgb, expected, **f)
+    torch.testing.assert_close(out.alpha[:, 0], torch.tensor([0.0, acc, a3]), **f)
+    torch.testing.assert_close(out.depth[1, 0], torch.tensor((w1 * 1.25 + w2 * 2.5) / acc), **f)
+    assert float(out.depth[0, 0]) == 0.0
+    assert out.extras["num_samples"][:, 0].tolist() == [0.0, 2.0, 1.0]
+
+
+def test_per_ray_background_and_normals():
+    s = _packed([0], [0.0], [1.0], 2)
+    bg = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.5, 0.25]])
+    out = composite(s, torch.ones(1, 3), torch.tensor([1e4]), 2, bg, normals=torch.tensor([[0.0, 0.0, 1.0]]))
+    torch.testing.assert_close(out.rgb, torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.5, 0.25]]))
+    torch.testing.assert_close(out.normals, torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 0.0]]))
+
+
+def test_composite_gradcheck(tol):
+    s = _packed([0, 0, 0, 2, 2], [0.0, 0.3, 0.7, 0.1, 0.5], [0.3, 0.7, 1.0, 0.5, 0.9], 3, torch.float64)
+    rgb = torch.rand(5, 3, dtype=torch.float64, requires_grad=True)
+    sigma = (torch.rand(5, dtype=torch.float64) * 3).requires_grad_(True)
+    bg = torch.rand(3, 3, dtype=torch.float64, requires_grad=True)
+    g = tol["gradcheck"]
+
+    def fn(rgb, sigma, bg):
+        o = composite(s, rgb, sigma, 3, bg)
+        return o.rgb, o.alpha, o.depth
+
+    assert torch.autograd.gradcheck(fn, (rgb, sigma, bg), eps=g["eps"], atol=g["atol"], rtol=g["rtol"])
+
+
+def test_early_termination_changes_result_below_eps():
+    class Wall(torch.nn.Module):  # opaque slab at z in [-0.5, -0.2]
+        def sigma(self, x):
+            return torch.where((x[:, 2] > -0.5) & (x[:, 2] < -0.2), torch.full_like(x[:, 0], 50.0), torch.zeros_like(x[:, 0]))
+
+    wall = Wall()
+    grid = OccupancyGrid(torch.tensor([[-1.0, -1, -1], [1, 1, 1]]), resolution=8)
+    n = 32
+    rays = RayBundle(torch.cat([torch.rand(n, 2) * 0.5, torch.full((n, 1), -0.9)], 1), torch.tensor([[0.0, 0, 1]]).expand(n, 3).contiguous())
+    o, d = rays.origins, rays.directions
+
+    def sigma_fn(ts, te, ri):
+        return wall.sigma(o[ri] + d[ri] * (0.5 * (ts + te))[:, None])
+
+    full = grid.sample(rays, 0.0, 10.0, 0.01)
+    cut = grid.sample(rays, 0.0, 10.0, 0.01, sigma_fn=sigma_fn, early_stop_eps=1e-4)
+    assert len(cut) < len(full) / 2
+    colors = lambda s: torch.sigmoid(s.positions(rays))  # noqa: E731
+    bg = torch.tensor([0.1, 0.2, 0.3])
+    a = composite(full, colors(full), sigma_fn(full.t_starts, full.t_ends, full.ray_indices), n, bg)
+    b = composite(cut, colors(cut), sigma_fn(cut.t_starts, cut.t_ends, cut.ray_indices), n, bg)
+    assert float((a.rgb - b.rgb).abs().max()) < 1e-3  # ~ eps x colour range
+    assert float((a.alpha - b.alpha).abs().max()) < 1e-3
+
+
+def test_stratified_and_pdf_sampling():
+    near, far = torch.full((4,), 2.0), torch.full((4,), 6.0)
+    e = stratified_edges(near, far, 8, perturb=True)
+    assert e.shape == (4, 9) and bool((e[:, 1:] >= e[:, :-1]).all())
+    assert float(e[:, 0].min()) == 2.0 and float(e[:, -1].max()) == 6.0
+    w = torch.zeros(4, 8)
+    w[:, 5] = 1.0  # all mass in [4.5, 5)
+    fine = pdf_edges(stratified_edges(near, far, 8, perturb=False), w, 64, perturb=True, include_original=False)
+    assert fine.shape == (4, 64) and bool((fine[:, 1:] >= fine[:, :-1]).all())
+    inside = ((fine >= 4.5) & (fine <= 5.0)).float().mean()
+    assert float(inside) > 0.95
+    packed = edges_to_packed(e)
+    assert len(packed) == 32 and packed.packed_info[:, 1].tolist() == [8] * 4

@@ -1,0 +1,96 @@
+"""The nerf and instant-ngp scenes: registry, two training steps, capabilities, and a fit of an analytic scene."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from omnifield.renderers.types import RayBundle
+from omnifield.scenes.base import HasDensity, RayBatch, RenderOptions
+from omnifield.scenes.registry import available_methods, get_method
+
+BOX = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
+TINY = {
+    "instant-ngp": dict(profile="cpu", n_levels=4, log2_hashmap_size=12, max_resolution=64, grid_resolution=16,
+                        target_samples_per_batch=4096, hidden_dim=16),
+    "nerf": dict(hidden_dim=32, n_layers=4, skip_layer=2, color_hidden_dim=16, n_coarse=8, n_fine=8, batch_rays=64),
+}
+
+
+def _data():
+    return SimpleNamespace(scene_box=BOX, unbounded=False, near=0.5, far=5.0, background=(1.0, 1.0, 1.0))
+
+
+def _sphere_rays(n: int, gen: torch.Generator | None = None):
+    """Rays towards a unit-box scene: an orange sphere of radius 0.5 on a white background."""
+    d = torch.nn.functional.normalize(torch.randn(n, 3, generator=gen), dim=-1)
+    o = -3.0 * d + 0.6 * torch.nn.functional.normalize(torch.randn(n, 3, generator=gen), dim=-1)
+    b = (o * d).sum(-1)
+    disc = b * b - ((o * o).sum(-1) - 0.25)
+    hit = (disc > 0) & (-b > 0)
+    rgb = torch.where(hit[:, None], torch.tensor([1.0, 0.5, 0.1]), torch.ones(3))
+    return RayBatch(RayBundle(o, d), rgb, torch.ones(n, 3))
+
+
+@pytest.mark.parametrize("method", ["instant-ngp", "nerf"])
+def test_two_training_steps(method):
+    assert method in available_methods()
+    spec = get_method(method)
+    scene = spec.build(spec.config_cls(**TINY[method]), _data())
+    assert isinstance(scene, HasDensity)
+    opt, sched = scene.configure_optimizers(10)
+    before = [p.detach().clone() for p in scene.parameters()]
+    for step in range(2):
+        scene.train()
+        scene.on_step_begin(step)
+        batch = _sphere_rays(scene.rays_per_batch())
+        losses = scene.training_step(batch, step)
+        assert torch.isfinite(losses["loss"]) and "psnr" in losses
+        opt.zero_grad()
+        losses["loss"].backward()
+        opt.step()
+        sched.step()
+        scene.on_step_end(step)
+    changed = sum(not torch.equal(a, b.detach()) for a, b in zip(before, scene.parameters()))
+    assert changed >= len(before) // 2
+    x = torch.rand(10, 3) - 0.5
+    assert scene.density(x).shape == (10,)
+    c = scene.color(x, torch.nn.functional.normalize(torch.randn(10, 3), dim=-1))
+    assert c.shape == (10, 3) and bool(((c >= 0) & (c <= 1)).all())
+    scene.eval()
+    with torch.no_grad():
+        out = scene.render_rays(_sphere_rays(17).rays, torch.ones(3), RenderOptions())
+    assert out.rgb.shape == (17, 3) and out.depth.shape == (17, 1)
+
+
+def test_instant_ngp_fits_an_analytic_sphere():
+    spec = get_method("instant-ngp")
+    cfg = spec.config_cls(profile="cpu", n_levels=6, log2_hashmap_size=13, max_resolution=96, grid_resolution=32,
+                          target_samples_per_batch=2**12, grid_warmup_steps=16, grid_update_every=8,
+                          lr_warmup_steps=5, hidden_dim=32)
+    scene = spec.build(cfg, _data())
+    opt, sched = scene.configure_optimizers(200)
+    gen = torch.Generator().manual_seed(0)
+    test = _sphere_rays(512, gen)
+    scene.eval()
+    with torch.no_grad():
+        before = torch.nn.functional.mse_loss(scene.render_rays(test.rays, torch.ones(3)).rgb, test.rgb)
+    step = 0
+    while step < 60:  # a few seconds on an idle 2-core CPU
+        scene.train()
+        scene.on_step_begin(step)
+        losses = scene.training_step(_sphere_rays(scene.rays_per_batch(), gen), step)
+        opt.zero_grad()
+        losses["loss"].backward()
+        opt.step()
+        sched.step()
+        scene.on_step_end(step)
+        step += 1
+    scene.eval()
+    with torch.no_grad():
+        out = scene.render_rays(test.rays, torch.ones(3))
+    after = torch.nn.functional.mse_loss(out.rgb, test.rgb)
+    assert float(after) < 0.25 * float(before), (step, float(before), float(after))
+    assert scene.grid.occupied_fraction() < 0.9  # the grid learned some empty space
