@@ -14,7 +14,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from omnifield.errors import OmnifieldError
+from omnifield.errors import ConfigError, OmnifieldError
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -109,6 +109,13 @@ def cmd_render(args) -> int:
     return 0
 
 
+def _float_arg(text: str, flag: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"{flag} must be a number or 'auto', got {text!r}") from None
+
+
 def cmd_export(args) -> int:
     from omnifield.scenes.export import export_mesh, export_pointcloud
     from omnifield.scenes.runs import load_run
@@ -116,7 +123,9 @@ def cmd_export(args) -> int:
 
     run = load_run(args.run, device=pick_device(args.device))
     if args.kind == "mesh":
-        out = export_mesh(run, args.out, resolution=args.resolution)
+        threshold = args.threshold if args.threshold in (None, "auto") else _float_arg(args.threshold, "--threshold")
+        out = export_mesh(run, args.out, resolution=args.resolution, threshold=threshold,
+                          cull_unseen=args.cull_unseen, min_component_fraction=args.min_component)
     else:
         out = export_pointcloud(run, args.out)
     print(f"wrote {out}")
@@ -236,12 +245,17 @@ def _add_run_commands(sub, common) -> None:
     p.add_argument("kind", choices=("mesh", "pointcloud"))
     p.add_argument("--out", required=True, help="output file (.ply, .obj, .glb for meshes; .ply for points)")
     p.add_argument("--resolution", type=_positive_int, default=256, help="marching-cubes grid resolution")
+    p.add_argument("--threshold", default=None,
+                   help="density level of the surface (default: the scene's, 10 for NeRFs; 'auto': from the density histogram)")
+    p.add_argument("--cull-unseen", action="store_true", help="drop mesh faces no training camera sees")
+    p.add_argument("--min-component", type=float, default=0.0,
+                   help="drop connected components with fewer faces than this fraction (floaters)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("demo", parents=[common], help="synthesise a scene, train, evaluate, export (no data needed)")
     p.add_argument("--out", default="demo", help="output folder (default ./demo)")
-    p.add_argument("--minutes", type=float, default=2.5, help="training budget in minutes")
+    p.add_argument("--minutes", type=float, default=2.0, help="training budget in minutes")
     p.set_defaults(func=cmd_demo)
 
 

@@ -58,6 +58,8 @@ class DemoOptions:
     """Density level (None: the scene's ``mesh_threshold`` or 10; "auto": from the density distribution)."""
     min_component_fraction: float = 0.01
     """Mesh components with fewer faces than this fraction are dropped as floaters."""
+    cull_unseen: bool = True
+    """Drop mesh faces no training camera sees (the ground truth is compared on its visible faces too)."""
     pointcloud_views: int = 10
     """Training views rendered for the point cloud."""
     pointcloud_downscale: float = 2.0
@@ -75,7 +77,7 @@ def _synth_ready(path: Path) -> bool:
     return (path / "transforms_train.json").is_file() and (path / "mesh_gt.ply").is_file()
 
 
-def run_demo(out_dir="demo", *, train_minutes: float = 2.5, options: DemoOptions = DemoOptions(),
+def run_demo(out_dir="demo", *, train_minutes: float = 2.0, options: DemoOptions = DemoOptions(),
              synth_config=None) -> dict:
     """Run the demo pipeline into ``out_dir`` and return the summary (also written to ``run/summary.json``).
 
@@ -135,7 +137,8 @@ def run_demo(out_dir="demo", *, train_minutes: float = 2.5, options: DemoOptions
                                                fps=options.fps, progress=options.progress))
     mesh = timed("mesh", lambda: export_mesh(run, run_dir / "mesh.ply", resolution=options.mesh_resolution,
                                              threshold=options.mesh_threshold,
-                                             min_component_fraction=options.min_component_fraction))
+                                             min_component_fraction=options.min_component_fraction,
+                                             cull_unseen=options.cull_unseen))
     cloud = timed("pointcloud", lambda: export_pointcloud(run, run_dir / "points.ply", max_points=options.max_points,
                                                           downscale=options.pointcloud_downscale,
                                                           max_views=options.pointcloud_views))

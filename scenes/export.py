@@ -196,13 +196,65 @@ def transform_points(m, points: np.ndarray) -> np.ndarray:
     return np.asarray(points, np.float64) @ m[:3, :3].T + m[:3, 3]
 
 
+def seen_faces(vertices: np.ndarray, faces: np.ndarray, cameras: Cameras, max_side: int = 200) -> np.ndarray:
+    """``[F]`` bool: faces hit first by at least one pixel ray of ``cameras`` (world coordinates).
+
+    Rays are cast at most ``max_side`` pixels per image side with open3d's ``RaycastingScene`` when
+    installed, else trimesh's ray queries. The visibility test of DTU-style mesh evaluation: surfaces
+    no training view saw (the inside of objects, the underside of a table) were never constrained.
+    """
+    from omnifield.renderers.rays import image_rays
+
+    seen = np.zeros(len(faces), dtype=bool)
+    caster = _ray_caster(vertices, faces)
+    for c in range(len(cameras)):
+        side = int(max(cameras.width[c], cameras.height[c]))
+        cam = cameras[c].rescaled(min(1.0, max_side / side)) if side > max_side else cameras[c]
+        rays = image_rays(cam, 0)
+        ids = caster(rays.origins.double().numpy(), rays.directions.double().numpy())
+        seen[ids[ids >= 0]] = True
+    return seen
+
+
+def _ray_caster(vertices: np.ndarray, faces: np.ndarray):
+    """``cast(origins [R, 3], directions [R, 3]) -> [R]`` first-hit face ids (-1 on a miss)."""
+    try:
+        import open3d as o3d
+    except ImportError:
+        import trimesh
+
+        mesh = trimesh.Trimesh(vertices, faces, process=False)
+        return lambda o, d: mesh.ray.intersects_first(o, d)
+    scene = o3d.t.geometry.RaycastingScene()
+    scene.add_triangles(o3d.core.Tensor(np.asarray(vertices, np.float32)), o3d.core.Tensor(np.asarray(faces, np.uint32)))
+
+    def cast(o, d):
+        rays = o3d.core.Tensor(np.concatenate([o, d], axis=1).astype(np.float32))
+        ids = scene.cast_rays(rays)["primitive_ids"].numpy().astype(np.int64)
+        ids[ids == o3d.t.geometry.RaycastingScene.INVALID_ID] = -1
+        return ids
+
+    return cast
+
+
+def keep_faces(vertices: np.ndarray, faces: np.ndarray, keep: np.ndarray, colours: np.ndarray | None = None):
+    """Drop faces where ``keep`` is False and the vertices no face uses; returns (vertices, faces, colours)."""
+    faces = faces[keep]
+    used = np.unique(faces)
+    remap = np.full(len(vertices), -1, dtype=np.int64)
+    remap[used] = np.arange(len(used))
+    return vertices[used], remap[faces], None if colours is None else colours[used]
+
+
 def export_mesh(run, out, *, resolution: int = 256, threshold: float | str | None = None, crop_box=None,
-                min_component_fraction: float = 0.0, coarse_stride: int = 4, chunk: int = 65536) -> Path:
+                min_component_fraction: float = 0.0, coarse_stride: int = 4, chunk: int = 65536,
+                cull_unseen: bool = False) -> Path:
     """Extract the run's density surface and write it with vertex colours (``.ply``, ``.obj`` or ``.glb``).
 
     ``run``: a :class:`~omnifield.scenes.runs.Run` (uses ``scene``, ``scene_box``, ``world_from_dataset``).
     ``crop_box``: optional ``[2, 3]`` box in the normalised world (default: the scene box). Vertices
-    are written in the dataset's original coordinates. See :func:`extract_mesh` for the rest.
+    are written in the dataset's original coordinates. ``cull_unseen``: drop faces that no training
+    camera sees (:func:`seen_faces`). See :func:`extract_mesh` for the rest.
     """
     out = Path(out)
     fmt = MESH_FORMATS.get(out.suffix.lower())
@@ -215,6 +267,10 @@ def export_mesh(run, out, *, resolution: int = 256, threshold: float | str | Non
     box = run.scene_box if crop_box is None else crop_box
     verts, faces, colours = extract_mesh(scene, box, resolution, threshold, chunk,
                                          min_component_fraction=min_component_fraction, coarse_stride=coarse_stride)
+    if cull_unseen:
+        verts, faces, colours = keep_faces(verts, faces, seen_faces(verts, faces, run_cameras(run, "train")), colours)
+        if len(faces) == 0:
+            raise ConfigError("no mesh face is seen by a training camera", out)
     m = torch.linalg.inv(torch.as_tensor(run.world_from_dataset, dtype=torch.float64))
     verts = transform_points(m, verts)
     if float(torch.linalg.det(m[:3, :3])) < 0:  # a reflection flips the winding

@@ -230,3 +230,21 @@ def test_sample_surface_is_area_uniform():
     f = np.array([[0, 1, 2], [3, 4, 5]])
     p = sample_surface(v, f, 20_000)
     assert abs((p[:, 2] > 0.5).mean() - 0.9) < 0.02  # the second triangle has 9x the area
+
+
+def test_seen_faces_keeps_only_what_a_camera_sees():
+    import trimesh
+
+    from omnifield.scenes.export import keep_faces, seen_faces
+
+    box = trimesh.creation.box(extents=(1.0, 1.0, 1.0))
+    verts, faces = np.asarray(box.vertices, np.float64), np.asarray(box.faces, np.int64)
+    # One camera on the +x axis looking at the cube: only the two triangles of the x = +0.5 face are hit.
+    c2w = look_at(torch.tensor([3.0, 0.0, 0.0]), torch.zeros(3), torch.tensor([0.0, 0.0, 1.0]))
+    cam = Cameras.create(c2w, 40.0, 40.0, 16.0, 16.0, 32, 32)
+    seen = seen_faces(verts, faces, cam)
+    centres = verts[faces].mean(axis=1)
+    assert seen.sum() == 2
+    assert np.allclose(centres[seen][:, 0], 0.5)
+    v, f, _ = keep_faces(verts, faces, seen)
+    assert len(f) == 2 and len(v) == 4 and np.allclose(v[:, 0], 0.5)

@@ -263,3 +263,29 @@ def test_trainer_config_is_validated():
         TrainerConfig(max_steps=-1)
     with pytest.raises(ConfigError, match="max_minutes"):
         replace(TrainerConfig(), max_minutes=0)
+
+
+def test_time_budget_fits_the_lr_schedule_to_the_projected_steps(tmp_path):
+    from omnifield.scenes._common import WarmupMultiStep
+
+    data = make_data(tmp_path / "data")
+    scene = fake_scene()
+
+    def configure(max_steps):
+        opt = torch.optim.Adam(scene.parameters(), lr=1.0)
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, WarmupMultiStep(max_steps, warmup=0))
+
+    scene.configure_optimizers = configure
+    trainer = Trainer(scene, data, quiet(max_steps=10_000, max_minutes=1.0))
+    factor = trainer.scheduler.lr_lambdas[0]
+    # 100 steps at 0.1 s each leave 50 s of the 60 s budget: 500 more steps, a horizon of 600.
+    trainer.elapsed_seconds = 10.0
+    for step in range(1, 101):
+        trainer._fit_schedule_to_budget(step, 0.1)
+    assert factor.max_steps == 600
+    assert factor(299) == 1.0 and abs(factor(300) - 0.33) < 1e-12  # first decay at 50 % of the horizon
+    # Without a time budget the schedule keeps max_steps.
+    plain = Trainer(scene, data, quiet(max_steps=10_000))
+    for step in range(1, 101):
+        plain._fit_schedule_to_budget(step, 0.1)
+    assert plain.scheduler.lr_lambdas[0].max_steps == 10_000
