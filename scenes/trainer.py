@@ -24,6 +24,7 @@ from torch import Tensor
 from omnifield.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from omnifield.scenes import runs
 from omnifield.scenes.base import RayBatch
+from omnifield.scenes.configs import apply_overrides
 
 
 @dataclass(frozen=True)
@@ -521,7 +522,7 @@ def train_method(
     out = Path(out) if out is not None else default_run_dir(method, data_path)
     if (out / runs.CONFIG_FILE).exists():
         raise ConfigError("already holds a run; pass --resume to continue it or choose another --out", out)
-    scene_config = runs.apply_overrides(spec.config_cls(), scene_overrides)
+    scene_config = apply_overrides(spec.config_cls(), scene_overrides)
     trainer_config = TrainerConfig(**trainer_overrides)
     data = load_scene(data_path, downscale=downscale or 1)
     torch.manual_seed(trainer_config.seed)

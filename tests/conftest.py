@@ -20,6 +20,8 @@ TOLERANCES: dict[str, dict[str, float]] = {
     "undistort": {"rtol": 0.0, "atol": 1e-4},
     # synth depth unprojected through the written pose: open3d casts float32 rays at t ~ 4 (~1e-6 m).
     "synth_depth": {"rtol": 0.0, "atol": 1e-5},
+    # float64 geometry (viewer camera math) against analytic values: a few ulps over a handful of ops.
+    "float64": {"rtol": 0.0, "atol": 1e-9},
     # gradients checked in float64.
     "gradcheck": {"eps": 1e-6, "atol": 1e-5, "rtol": 1e-3},
     # SSIM (float64, separable conv) vs skimage (float64, scipy gaussian_filter): summation order only.
