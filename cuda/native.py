@@ -28,6 +28,8 @@ CSRC = Path(__file__).resolve().parent / "csrc"
 #: op name -> its C++ CPU sources, relative to ``cuda/csrc``.
 CPU_SOURCES: dict[str, tuple[str, ...]] = {
     "hash_grid": ("hash_grid/hash_grid_cpu.cpp",),
+    "ray_marching": ("ray_marching/ray_marching_cpu.cpp",),
+    "compositing": ("compositing/compositing_cpu.cpp",),
 }
 
 # Portable flags (no -march=native: the cached library must run on any CPU of the machine kind).

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from omnifield.cuda import cpu_compositing as _cpu_comp
 from omnifield.cuda import cpu_hash_grid as _cpu_hash
+from omnifield.cuda import cpu_ray_marching as _cpu_march
 from omnifield.cuda.backend import resolve_backend
 from omnifield.cuda.reference import compositing as _comp
 from omnifield.cuda.reference import hash_encoding as _hash
@@ -45,14 +47,26 @@ def ray_aabb_intersect(origins: Tensor, directions: Tensor, aabb: Tensor, backen
     return _impl(_aabb, "ray_aabb_intersect", backend)(origins, directions, aabb)
 
 
+def _native(backend: str | None) -> bool:
+    return resolve_backend(backend) in ("cpp", "cuda")
+
+
 def march_occupancy_grid(origins, directions, t_min, t_max, binaries, aabb, step_size, t_offset=None, backend=None):
-    """Constant-step marching with empty-space skipping -> packed ``(ray_indices, t_starts, t_ends, packed_info)``."""
-    return _impl(_occ, "march_occupancy_grid", backend)(origins, directions, t_min, t_max, binaries, aabb, step_size, t_offset)
+    """Constant-step marching with empty-space skipping -> packed ``(ray_indices, t_starts, t_ends, packed_info)``.
+
+    C++ CPU kernel (bit-identical to the reference) on CPU tensors with the ``cpp`` backend.
+    """
+    if _native(backend) and _cpu_march.supports(origins, directions, t_min, t_max, binaries, t_offset) \
+            and _cpu_march.available():
+        return _cpu_march.march_occupancy_grid_cpu(origins, directions, t_min, t_max, binaries, aabb, step_size, t_offset)
+    return _occ.march_occupancy_grid(origins, directions, t_min, t_max, binaries, aabb, step_size, t_offset)
 
 
 def grid_lookup(points: Tensor, binaries: Tensor, aabb: Tensor, backend: str | None = None) -> Tensor:
     """Occupancy ``[N]`` bool of world points in a cascaded grid."""
-    return _impl(_occ, "grid_lookup", backend)(points, binaries, aabb)
+    if _native(backend) and _cpu_march.lookup_supports(points, binaries) and _cpu_march.available():
+        return _cpu_march.grid_lookup_cpu(points, binaries, aabb)
+    return _occ.grid_lookup(points, binaries, aabb)
 
 
 def occupancy_ema_update(occs: Tensor, cell_ids: Tensor, values: Tensor, decay: float, backend: str | None = None) -> Tensor:
@@ -61,8 +75,11 @@ def occupancy_ema_update(occs: Tensor, cell_ids: Tensor, values: Tensor, decay: 
 
 
 def render_weights(sigmas, t_starts, t_ends, ray_indices, packed_info, backend=None):
-    """Packed emission-absorption ``(weights, transmittance, alphas)``, each ``[S]``; differentiable."""
-    return _impl(_comp, "render_weights", backend)(sigmas, t_starts, t_ends, ray_indices, packed_info)
+    """Packed emission-absorption ``(weights, transmittance, alphas)``, each ``[S]``; differentiable
+    (first order; the C++ CPU kernel on CPU tensors with the ``cpp`` backend)."""
+    if _native(backend) and _cpu_comp.supports(sigmas, t_starts, t_ends, packed_info) and _cpu_comp.available():
+        return _cpu_comp.render_weights_cpu(sigmas, t_starts, t_ends, ray_indices, packed_info)
+    return _comp.render_weights(sigmas, t_starts, t_ends, ray_indices, packed_info)
 
 
 def accumulate_along_rays(weights, values, ray_indices, n_rays, backend=None):
