@@ -94,3 +94,31 @@ def test_instant_ngp_fits_an_analytic_sphere():
     after = torch.nn.functional.mse_loss(out.rgb, test.rgb)
     assert float(after) < 0.25 * float(before), (step, float(before), float(after))
     assert scene.grid.occupied_fraction() < 0.9  # the grid learned some empty space
+
+
+def test_instant_ngp_single_pass_inference_equals_the_two_pass_render():
+    # Under no_grad, instant-ngp evaluates its field once and applies early termination itself; the
+    # result must equal the training path (sampler density pass + second evaluation), crop box included.
+    spec = get_method("instant-ngp")
+    scene = spec.build(spec.config_cls(**TINY["instant-ngp"]), _data())
+    opt, _ = scene.configure_optimizers(20)
+    gen = torch.Generator().manual_seed(1)
+    for step in range(20):  # a little structure, so early termination actually drops samples
+        scene.train()
+        scene.on_step_begin(step)
+        losses = scene.training_step(_sphere_rays(256, gen), step)
+        opt.zero_grad()
+        losses["loss"].backward()
+        opt.step()
+    scene.eval()
+    rays = _sphere_rays(300, gen).rays
+    for options in (RenderOptions(), RenderOptions(crop_box=((-1.0, -1.0, -1.0), (1.0, 0.0, 1.0)))):
+        with torch.no_grad():
+            fast = scene.render_rays(rays, torch.ones(3), options)
+            n_fast = scene._last_samples
+        with torch.enable_grad():
+            slow = scene.render_rays(rays, torch.ones(3), options)
+            n_slow = scene._last_samples
+        assert n_fast == n_slow > 0
+        for a, b in ((fast.rgb, slow.rgb), (fast.alpha, slow.alpha), (fast.depth, slow.depth)):
+            torch.testing.assert_close(a, b.detach(), rtol=1e-5, atol=1e-5)

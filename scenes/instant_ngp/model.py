@@ -9,10 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from omnifield.cuda import ops
 from omnifield.errors import ConfigError
 from omnifield.fields import MLP, HashGridConfig, HashGridEncoding, SHEncoding, trunc_exp
 from omnifield.renderers.occupancy import OccupancyGrid
-from omnifield.renderers.types import RayBundle, RenderOutput
+from omnifield.renderers.types import PackedSamples, RayBundle, RenderOutput
 from omnifield.renderers.volume import composite
 from omnifield.scenes._common import WarmupMultiStep, adam, default_profile, psnr, scene_extent
 from omnifield.scenes.base import RayBatch, RenderOptions, Scene
@@ -109,22 +110,52 @@ class InstantNGP(Scene):
         far = c.far if options is None or options.far is None else options.far
         o, d = rays.origins, rays.directions
 
-        def sigma_fn(ts: Tensor, te: Tensor, ri: Tensor) -> Tensor:
-            return self.density(o[ri] + d[ri] * (0.5 * (ts + te))[:, None])
+        crop = None if options is None or options.crop_box is None else \
+            torch.tensor(options.crop_box, dtype=o.dtype, device=o.device)
 
-        samples = self.grid.sample(rays, near, far, c.render_step_size, sigma_fn, c.alpha_thre, c.early_stop_eps,
-                                   stratified=self.training)
+        def sigma_fn(ts: Tensor, te: Tensor, ri: Tensor) -> Tensor:
+            x = o[ri] + d[ri] * (0.5 * (ts + te))[:, None]
+            sigma = self.density(x)
+            return sigma if crop is None else sigma * ((x >= crop[0]) & (x <= crop[1])).all(-1).to(sigma.dtype)
+
+        single_pass = not torch.is_grad_enabled()
+        samples = self.grid.sample(rays, near, far, c.render_step_size, None if single_pass else sigma_fn,
+                                   c.alpha_thre, c.early_stop_eps, stratified=self.training)
+        if single_pass:  # inference: one field evaluation, then drop what early termination would
+            samples, sigma, geo = self._terminate_early(samples, rays, None if options is None else options.crop_box)
         self._last_samples = len(samples)
         if len(samples) == 0:
             empty = torch.zeros(0, device=o.device)
             return composite(samples, empty.reshape(0, 3), empty, len(rays), background)
         x = samples.positions(rays)
-        sigma, geo = self._geometry(x)
+        if not single_pass:
+            sigma, geo = self._geometry(x)
         if options is not None and options.crop_box is not None:
             box = torch.tensor(options.crop_box, dtype=x.dtype, device=x.device)
             sigma = sigma * ((x >= box[0]) & (x <= box[1])).all(-1).to(sigma.dtype)
-        rgb = self._color(geo, d[samples.ray_indices])
+        sh = self.dir_encoding(d)  # per ray, then gathered per sample: 10-30x fewer SH evaluations
+        rgb = self.color_mlp(torch.cat([sh[samples.ray_indices], geo], dim=-1))
         return composite(samples, rgb, sigma, len(rays), background)
+
+    def _terminate_early(self, samples: PackedSamples, rays: RayBundle, crop_box=None) -> tuple[PackedSamples, Tensor, Tensor]:
+        """Without grad: evaluate the geometry of every marched sample once and keep the samples the
+        sampler's early termination (``alpha_thre``, ``early_stop_eps``) would keep, with their density
+        and features, so inference skips the sampler's separate density pass (about 40 % less work)."""
+        c = self.config
+        if len(samples) == 0:
+            return samples, samples.t_starts, samples.t_starts.reshape(0, c.geo_feat_dim)
+        x = samples.positions(rays)
+        sigma, geo = self._geometry(x)
+        if crop_box is not None:  # what the crop removes must not stop a ray
+            box = torch.tensor(crop_box, dtype=x.dtype, device=x.device)
+            sigma = sigma * ((x >= box[0]) & (x <= box[1])).all(-1).to(sigma.dtype)
+        _, trans, alphas = ops.render_weights(sigma, samples.t_starts, samples.t_ends, samples.ray_indices,
+                                              samples.packed_info)
+        keep = (alphas >= c.alpha_thre) & (trans >= c.early_stop_eps)
+        ri = samples.ray_indices[keep]
+        kept = PackedSamples(ri, samples.t_starts[keep], samples.t_ends[keep],
+                             ops.packed_info_from_ray_indices(ri, len(rays)))
+        return kept, sigma[keep], geo[keep]
 
     # -- training ------------------------------------------------------------------------------
     def training_step(self, batch: RayBatch, step: int) -> dict[str, Tensor]:
