@@ -42,7 +42,7 @@ def cmd_data_info(args) -> int:
 
 def cmd_data_synth(args) -> int:
     from omnifield.datasets.synth import SynthConfig, synthesize
-    from omnifield.scenes.runs import apply_overrides
+    from omnifield.scenes.configs import apply_overrides
 
     config = apply_overrides(SynthConfig(), args.set or [])
     out = synthesize(args.out, config, overwrite=args.overwrite, progress=True)
@@ -60,9 +60,16 @@ def cmd_train(args) -> int:
     }.items() if v is not None}
     if args.no_progress:
         trainer["progress"] = False
-    result = train_method(args.method, args.data, out=args.out, downscale=args.downscale,
-                          scene_overrides=args.set or [], trainer_overrides=trainer,
-                          resume=args.resume, device=args.device)
+    kwargs = dict(out=args.out, downscale=args.downscale, scene_overrides=args.set or [],
+                  trainer_overrides=trainer, resume=args.resume, device=args.device)
+    if args.view:
+        if (code := _require_viewer()) is not None:
+            return code
+        from omnifield.viewer.app import train_with_viewer
+
+        result = train_with_viewer(args.method, args.data, **kwargs)
+    else:
+        result = train_method(args.method, args.data, **kwargs)
     line = f"{result.status}: {result.step} steps in {result.elapsed_seconds:.1f} s"
     if result.loss is not None:
         line += f", loss {result.loss:.4g}"
@@ -132,6 +139,30 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _require_viewer() -> int | None:
+    """Exit code 2 with one line when the viewer cannot open here (no display, no dearpygui), else None."""
+    from omnifield.viewer.display import viewer_unavailable_reason
+
+    why = viewer_unavailable_reason()
+    if why is None:
+        return None
+    print(f"omnifield: error: {why}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def cmd_view(args) -> int:
+    if (code := _require_viewer()) is not None:
+        return code
+    from omnifield.viewer.app import ViewerConfig, open_viewer
+
+    config = ViewerConfig(width=args.width, height=args.height, channel=args.channel, camera=args.camera,
+                          time=args.time)
+    out = open_viewer(args.path, config=config, device=args.device, screenshot=args.screenshot)
+    if out is not None:
+        print(f"wrote {out}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from omnifield.scenes.demo import run_demo
 
@@ -176,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_commands(sub, common)
     _add_train_command(sub, common)
     _add_run_commands(sub, common)
+    _add_view_command(sub, common)
     return parser
 
 
@@ -211,6 +243,8 @@ def _add_train_command(sub, common) -> None:
     p.add_argument("--threads", type=_positive_int, help="torch CPU threads")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--view", action="store_true",
+                   help="show the live model in the viewer while training (closing the window stops and saves)")
     p.set_defaults(func=cmd_train)
 
 
@@ -257,6 +291,20 @@ def _add_run_commands(sub, common) -> None:
     p.add_argument("--out", default="demo", help="output folder (default ./demo)")
     p.add_argument("--minutes", type=float, default=2.0, help="training budget in minutes")
     p.set_defaults(func=cmd_demo)
+
+
+def _add_view_command(sub, common) -> None:
+    p = sub.add_parser("view", parents=[common], help="open a run, a .ply / mesh or a dataset in the desktop viewer")
+    p.add_argument("path", help="run directory, .ply / .obj / .glb file, or dataset folder")
+    p.add_argument("--screenshot", metavar="FILE.png",
+                   help="render the view fully, save it as a PNG and exit (scripting)")
+    p.add_argument("--channel", default="rgb", help="rgb, depth, alpha, normals ...")
+    p.add_argument("--camera", type=int, help="start at this dataset camera (default: a view of the whole scene)")
+    p.add_argument("--time", type=float, help="time of a dynamic scene")
+    p.add_argument("--width", type=_positive_int, default=512, help="render width in pixels")
+    p.add_argument("--height", type=_positive_int, default=512, help="render height in pixels")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_view)
 
 
 # -- errors --------------------------------------------------------------------------------------

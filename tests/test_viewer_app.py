@@ -1,0 +1,325 @@
+"""The dearpygui viewer under Xvfb: frames read back from the window, the CLI's screenshot mode, the
+camera-path editor, exports, live training. Skips only when Xvfb or dearpygui is not installed.
+
+Fixtures: ``Sphere``, an analytic time-varying scene with density (fast, deterministic), and a tiny
+instant-ngp run trained 30 steps on a 32x32 synthetic scene (module scope).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from omnifield.cli.main import main
+from omnifield.renderers.types import RenderOutput
+from omnifield.scenes import registry
+from omnifield.scenes.base import Scene, SceneConfig
+from omnifield.scenes.registry import MethodSpec
+from omnifield.viewer.display import display_available
+
+SIZE = dict(width=64, height=48)
+
+
+# -- the X server --------------------------------------------------------------------------------
+def _free_display() -> int:
+    for n in range(99, 200):
+        if not Path(f"/tmp/.X11-unix/X{n}").exists() and not Path(f"/tmp/.X{n}-lock").exists():
+            return n
+    raise RuntimeError("no free X display number in 99..199")
+
+
+@pytest.fixture(scope="module")
+def xvfb():
+    """An Xvfb server on a free display, DISPLAY set for the module's tests."""
+    if shutil.which("Xvfb") is None:
+        pytest.skip("Xvfb is not installed (apt-get install xvfb)")
+    if importlib.util.find_spec("dearpygui") is None:
+        pytest.skip("dearpygui is not installed (pip install 'omnifield[viewer]')")
+    n = _free_display()
+    proc = subprocess.Popen(["Xvfb", f":{n}", "-screen", "0", "1024x768x24", "-nolisten", "tcp"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while not Path(f"/tmp/.X11-unix/X{n}").exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"Xvfb :{n} did not start (exit code {proc.poll()})")
+        time.sleep(0.05)
+    old = {k: os.environ.get(k) for k in ("DISPLAY", "WAYLAND_DISPLAY")}
+    os.environ["DISPLAY"] = f":{n}"
+    os.environ.pop("WAYLAND_DISPLAY", None)
+    yield f":{n}"
+    from omnifield.viewer.app import release_display
+
+    release_display()
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    proc.terminate()
+    proc.wait(10)
+
+
+# -- scenes ------------------------------------------------------------------------------------------
+class Sphere(Scene):
+    """A sphere of radius 0.5 at the origin coloured by position; at time t it fades to red. Has density."""
+
+    time_range = (0.0, 1.0)
+
+    def __init__(self):
+        super().__init__(SceneConfig(method="sphere"), torch.tensor([[-1.0, -1, -1], [1, 1, 1]]))
+
+    def density(self, x, t=None):
+        return torch.where(x.norm(dim=-1) < 0.5, 50.0, 0.0)
+
+    def color(self, x, d, t=None):
+        return (x + 0.5).clamp(0, 1)
+
+    def render_rays(self, rays, background, options=None):
+        o, d = rays.origins, rays.directions
+        b = (o * d).sum(-1)
+        disc = b * b - ((o * o).sum(-1) - 0.25)
+        t = -b - torch.sqrt(disc.clamp_min(0))
+        hit = (disc > 0) & (t > 0)
+        p = o + d * t[:, None]
+        if options is not None and options.crop_box is not None:
+            box = torch.tensor(options.crop_box, dtype=p.dtype)
+            hit = hit & ((p >= box[0]) & (p <= box[1])).all(-1)
+        tt = (rays.times if rays.times is not None else torch.zeros_like(t))[:, None]
+        col = self.color(p, d) * (1 - tt) + tt * torch.tensor([1.0, 0.0, 0.0])
+        a = hit.float()[:, None]
+        return RenderOutput(rgb=col * a + background * (1 - a), alpha=a, depth=torch.where(hit, t, 0.0)[:, None])
+
+
+def sphere_source():
+    from omnifield.viewer.sources import SceneSource
+
+    return SceneSource(Sphere(), name="sphere")
+
+
+def viewer_for(source, **config):
+    from omnifield.viewer.app import Viewer, ViewerConfig
+
+    return Viewer(source, config=ViewerConfig(**{**SIZE, "vsync": False, **config}))
+
+
+def diff(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).mean())
+
+
+# -- a tiny dataset and runs -----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def synth_data(tmp_path_factory):
+    pytest.importorskip("open3d", reason="the synthetic scene needs open3d (omnifield[synth])")
+    from omnifield.datasets.synth import SynthConfig, synthesize
+
+    return synthesize(tmp_path_factory.mktemp("synth") / "data", SynthConfig(n_train=8, n_test=2, width=32, height=32))
+
+
+@pytest.fixture(scope="module")
+def ngp_run(synth_data, tmp_path_factory):
+    from omnifield.scenes.trainer import train_method
+
+    run = tmp_path_factory.mktemp("ngp") / "run"
+    small = ["grid_resolution=16", "n_levels=4", "log2_hashmap_size=12", "max_resolution=64", "hidden_dim=16",
+             "render_step_size=0.03", "target_samples_per_batch=8192", "init_rays_per_batch=256",
+             "max_rays_per_batch=1024"]  # CPU-cheap: ~0.1 s per step on 2 cores
+    train_method("instant-ngp", synth_data, out=run, scene_overrides=small, device="cpu",
+                 trainer_overrides=dict(max_steps=30, eval_every=0, checkpoint_every=0, progress=False))
+    return run
+
+
+@dataclass(frozen=True)
+class TinyConfig(SceneConfig):
+    method: str = "test-viewer-tiny"
+    batch_rays: int = 64
+
+
+class TinyScene(Scene):
+    method = "test-viewer-tiny"
+
+    def __init__(self, config, scene_box):
+        super().__init__(config, scene_box)
+        self.mlp = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 3))
+
+    def render_rays(self, rays, background, options=None):
+        rgb = torch.sigmoid(self.mlp(rays.directions))
+        return RenderOutput(rgb=rgb, alpha=torch.ones_like(rgb[:, :1]), depth=torch.ones_like(rgb[:, :1]))
+
+    def training_step(self, batch, step):
+        mse = ((self.render_rays(batch.rays, batch.background).rgb - batch.rgb) ** 2).mean()
+        return {"loss": mse, "psnr": -10 * torch.log10(mse.detach())}
+
+
+@pytest.fixture
+def tiny_method(monkeypatch):
+    monkeypatch.setitem(registry._REGISTRY, "test-viewer-tiny", MethodSpec(
+        "test-viewer-tiny", TinyConfig, lambda c, d: TinyScene(c, d.scene_box), "a test scene"))
+
+
+# -- no display --------------------------------------------------------------------------------------
+def test_display_detection_without_a_server():
+    assert display_available({}, "linux")[0] is False
+    ok, why = display_available({"DISPLAY": ":4321"}, "linux")
+    assert not ok and "X4321" in why
+    assert display_available({"WAYLAND_DISPLAY": "wayland-0"}, "linux")[0]
+    assert display_available({}, "darwin")[0] and display_available({}, "win32")[0]
+
+
+def test_view_without_a_display_is_one_line_and_exit_2(monkeypatch, capsys, tmp_path):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    assert main(["view", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("omnifield: error: no display") and "omnifield render" in err[0]
+    assert main(["train", "instant-ngp", "--data", str(tmp_path), "--view"]) == 2  # checked before loading anything
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+# -- the window ----------------------------------------------------------------------------------------
+def test_orbit_channels_crop_and_time_change_the_window(xvfb):
+    with viewer_for(sphere_source()) as v:
+        v.zoom(0.5)
+        assert v.wait_idle(20)
+        rgb = v.view_pixels()
+        assert rgb.shape == (48, 64, 3)
+        assert (rgb.reshape(-1, 3) < 200).any(axis=1).mean() > 0.05  # the sphere is visible
+        v.orbit(1.2, 0.4)
+        assert v.wait_idle(20)
+        orbited = v.view_pixels()
+        assert diff(orbited, rgb) > 2.0
+        v.set_channel("depth")
+        assert v.wait_idle(20)
+        assert diff(v.view_pixels(), orbited) > 2.0
+        v.set_channel("rgb")
+        v.set_crop([[-1.0, -1.0, -1.0], [1.0, 1.0, -0.45]])  # keeps a thin cap of the sphere
+        assert v.wait_idle(20)
+        cropped = v.view_pixels()
+        white = np.full_like(cropped, 255)
+        assert diff(cropped, white) < 0.5 * diff(orbited, white)
+        v.set_crop(None)
+        v.set_time(1.0)  # the sphere turns red
+        assert v.wait_idle(20)
+        red = v.view_pixels()
+        assert diff(red, orbited) > 2.0 and red[..., 0].mean() > red[..., 1].mean() + 5
+        v.set_time(0.0)
+        v.set_playing(True)
+        v.step_ui(5)
+        assert v.time > 0.0
+
+
+def test_screenshot_cli_writes_the_requested_size(xvfb, ngp_run, tmp_path, capsys):
+    import imageio.v3 as iio
+
+    out = tmp_path / "shot.png"
+    code = main(["view", str(ngp_run), "--screenshot", str(out), "--width", "40", "--height", "24",
+                 "--camera", "0", "--channel", "depth", "--device", "cpu"])
+    assert code == 0, capsys.readouterr().err
+    assert iio.imread(out).shape == (24, 40, 3)
+
+
+def test_frusta_path_json_round_trip_and_video(xvfb, ngp_run, tmp_path, tol):
+    import imageio.v2 as imageio
+
+    from omnifield.scenes.camera_paths import load_camera_path
+    from omnifield.scenes.runs import load_run
+    from omnifield.viewer.sources import open_source
+
+    with viewer_for(open_source(ngp_run, device="cpu"), width=32, height=32) as v:
+        v.step_ui(2)
+        assert len(v.dpg.get_item_children(v.ui.overlay, 2)) > 0  # dataset frusta drawn
+        v.snap_to_camera(1)
+        v.add_keyframe()
+        v.orbit(0.6, 0.1)
+        v.add_keyframe()
+        v.orbit(0.6, -0.1)
+        v.add_keyframe()
+        v.path_frames = 5
+        path = v.save_path(tmp_path / "path.json")
+        doc = json.loads(path.read_text())
+        assert doc["coordinates"] == "dataset" and len(doc["cameras"]) == 5
+        run = load_run(ngp_run)
+        back = load_camera_path(path, run)
+        torch.testing.assert_close(back.c2w, v.path_cameras().c2w, **tol["float32"])
+        video = v.render_video(tmp_path / "path.mp4", json_path=path)
+        v.wait_jobs(60)
+        assert video.result() == tmp_path / "path.mp4"
+    reader = imageio.get_reader(str(tmp_path / "path.mp4"), format="FFMPEG")
+    frames = [f for f in reader]  # list() asks the reader's length, which is inf
+    reader.close()
+    assert len(frames) == 5 and frames[0].shape == (32, 32, 3)
+
+
+def test_mesh_export_respects_the_crop_box(xvfb, tmp_path):
+    import trimesh
+
+    with viewer_for(sphere_source()) as v:
+        v.set_crop([[-1.0, -1.0, -1.0], [1.0, 1.0, 0.0]])
+        fut = v.export_mesh(tmp_path / "half.ply", resolution=24)
+        v.wait_jobs(60)
+        assert v.wait_idle(20)
+        v.screenshot(tmp_path / "shot.png")
+    mesh = trimesh.load(fut.result(), process=False)
+    assert len(mesh.faces) > 0
+    assert mesh.vertices[:, 2].max() < 0.1 and mesh.vertices[:, 2].min() < -0.4  # the lower half only
+    assert (tmp_path / "shot.png").is_file()
+
+
+def test_live_training_pause_resume_and_close_saves(xvfb, synth_data, tiny_method, tmp_path):
+    from omnifield.scenes.runs import load_trainer_state
+    from omnifield.viewer.app import Viewer, ViewerConfig, build_trainer, live_source
+
+    trainer = build_trainer("test-viewer-tiny", synth_data, out=tmp_path / "run", device="cpu", trainer_overrides=dict(
+        max_steps=10**6, eval_every=0, checkpoint_every=0, checkpoint_minutes=None, log_every=0, progress=False))
+    v = Viewer(live_source(trainer), trainer=trainer, config=ViewerConfig(**SIZE, vsync=False))
+    try:
+        deadline = time.monotonic() + 20
+        while len(v.metrics["step"]) < 3 and time.monotonic() < deadline:
+            v.step_ui()
+        assert len(v.metrics["step"]) >= 3 and np.isfinite(v.metrics["loss"]).all()
+        v.pause_training()
+        time.sleep(0.2)
+        paused_at = trainer.global_step
+        v.step_ui(5)
+        time.sleep(0.2)
+        assert trainer.global_step == paused_at and v.training_state == "paused"
+        v.resume_training()
+        deadline = time.monotonic() + 10
+        while trainer.global_step == paused_at and time.monotonic() < deadline:
+            v.step_ui()
+        assert trainer.global_step > paused_at
+        assert v.wait_idle(20)
+    finally:
+        v.close()
+    assert v.train_result.status == "stopped"
+    assert load_trainer_state(tmp_path / "run").step == trainer.global_step == v.train_result.step
+
+
+def test_train_view_cli_trains_and_saves(xvfb, synth_data, tiny_method, tmp_path, monkeypatch, capsys):
+    from omnifield.viewer import app
+
+    def run_until_trained(self):  # stands in for a user who closes the window when training ends
+        try:
+            deadline = time.monotonic() + 30
+            while self.train_result is None and self.training_error is None and time.monotonic() < deadline:
+                self.step_ui()
+        finally:
+            self.close()
+
+    monkeypatch.setattr(app.Viewer, "run", run_until_trained)
+    code = main(["train", "test-viewer-tiny", "--data", str(synth_data), "--out", str(tmp_path / "run"),
+                 "--max-steps", "20", "--eval-every", "0", "--no-progress", "--device", "cpu", "--view"])
+    out = capsys.readouterr().out
+    assert code == 0 and "finished: 20 steps" in out
+    assert (tmp_path / "run" / "model.safetensors").is_file()
