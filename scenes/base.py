@@ -27,6 +27,8 @@ class RenderOptions:
         background: RGB in [0, 1] composited behind the scene, or None for the scene's training background.
         crop_box: optional ``[2, 3]`` box (min, max) in the normalised world; outside is empty.
         near, far: optional override of ray bounds.
+        step_scale: preview quality: scenes that march rays multiply their step size by this (the
+            viewer renders its coarse, moving-camera levels with 2); 1 is full quality.
     """
 
     chunk: int = 8192
@@ -34,6 +36,7 @@ class RenderOptions:
     crop_box: tuple[tuple[float, float, float], tuple[float, float, float]] | None = None
     near: float | None = None
     far: float | None = None
+    step_scale: float = 1.0
 
 
 @dataclass

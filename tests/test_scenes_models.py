@@ -122,3 +122,16 @@ def test_instant_ngp_single_pass_inference_equals_the_two_pass_render():
         assert n_fast == n_slow > 0
         for a, b in ((fast.rgb, slow.rgb), (fast.alpha, slow.alpha), (fast.depth, slow.depth)):
             torch.testing.assert_close(a, b.detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_instant_ngp_step_scale_marches_coarser_for_previews():
+    spec = get_method("instant-ngp")
+    scene = spec.build(spec.config_cls(**TINY["instant-ngp"]), _data()).eval()
+    rays = _sphere_rays(200, torch.Generator().manual_seed(2)).rays
+    counts = {}
+    for scale in (1.0, 2.0):
+        with torch.no_grad():
+            scene.render_rays(rays, torch.ones(3), RenderOptions(step_scale=scale))
+        counts[scale] = scene._last_samples
+    # The untrained grid is fully occupied: twice the step, about half the samples.
+    assert 0.4 * counts[1.0] < counts[2.0] < 0.6 * counts[1.0]

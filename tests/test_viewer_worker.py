@@ -12,7 +12,7 @@ import torch
 from omnifield.renderers.types import RenderOutput
 from omnifield.viewer.camera import default_view
 from omnifield.viewer.timing import time_levels
-from omnifield.viewer.worker import FrameRequest, RenderWorker, level_size
+from omnifield.viewer.worker import PREVIEW_STEP_SCALE, FrameRequest, RenderWorker, level_size
 
 TIMEOUT = 5.0
 
@@ -46,6 +46,7 @@ class FakeSource:
     def render(self, cameras, t, options, should_stop, *, lock=None):
         self.threads.append(threading.current_thread())
         self.grad_enabled.append(torch.is_grad_enabled())
+        self.step_scales = getattr(self, "step_scales", []) + [options.step_scale]
         h, w = int(cameras.height[0]), int(cameras.width[0])
         self.sizes.append((w, h))
         self.started.set()
@@ -104,6 +105,8 @@ def test_frames_arrive_coarse_to_fine_from_the_worker_thread():
         assert set(src.threads) == {worker} and worker is not threading.current_thread()
         assert not any(src.grad_enabled)
         assert worker.error is None
+        # Coarse levels are previews (coarser marching); the final level is full quality.
+        assert src.step_scales == [PREVIEW_STEP_SCALE, PREVIEW_STEP_SCALE, 1.0] and PREVIEW_STEP_SCALE > 1
 
 
 def test_request_levels_override_the_worker_levels_and_depth_is_colour_mapped():

@@ -24,6 +24,8 @@ from omnifield.scenes.video import depth_range, to_frame
 from omnifield.viewer.camera import ViewCamera, to_cameras
 
 DEFAULT_LEVELS = (128, 256, 512)
+PREVIEW_STEP_SCALE = 2.0
+"""Marching-step multiplier of the coarse levels (full quality at the final level)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -90,14 +92,18 @@ def level_size(level: int, aspect: float) -> tuple[int, int]:
 
 
 def render_request(source, request: FrameRequest, level: int, should_stop=lambda: False, *,
-                   lock: ContextManager | None = None, depth_bounds=None):
+                   lock: ContextManager | None = None, depth_bounds=None, step_scale: float = 1.0):
     """Render ``request`` at one level: ``(Frame fields dict, depth_bounds)`` or None when stopped.
+
+    ``step_scale``: :attr:`RenderOptions.step_scale` (the worker uses :data:`PREVIEW_STEP_SCALE` for
+    every level but the last, so frames keep up with a moving camera).
 
     Used by the worker and by :func:`omnifield.viewer.timing.time_levels`; runs in the caller's thread.
     """
     w, h = level_size(level, request.aspect)
     cams = to_cameras(request.camera, w, h)
-    options = RenderOptions(chunk=request.chunk, background=request.background, crop_box=request.crop_box)
+    options = RenderOptions(chunk=request.chunk, background=request.background, crop_box=request.crop_box,
+                            step_scale=step_scale)
     t0 = time.perf_counter()
     with torch.no_grad():
         kwargs = {} if lock is None else {"lock": lock}
@@ -201,11 +207,13 @@ class RenderWorker(threading.Thread):
         for k, level in enumerate(levels):
             if stale():
                 return
-            result = render_request(self.source, request, level, stale, lock=self.lock, depth_bounds=bounds)
+            final = k == len(levels) - 1
+            result = render_request(self.source, request, level, stale, lock=self.lock, depth_bounds=bounds,
+                                    step_scale=1.0 if final else PREVIEW_STEP_SCALE)
             if result is None:
                 return
             fields, bounds = result
-            frame = Frame(**fields, generation=gen, final=k == len(levels) - 1, request=request)
+            frame = Frame(**fields, generation=gen, final=final, request=request)
             with self._cond:
                 if gen != self._generation:  # a newer request was submitted while we rendered
                     return

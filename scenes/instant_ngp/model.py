@@ -119,7 +119,8 @@ class InstantNGP(Scene):
             return sigma if crop is None else sigma * ((x >= crop[0]) & (x <= crop[1])).all(-1).to(sigma.dtype)
 
         single_pass = not torch.is_grad_enabled()
-        samples = self.grid.sample(rays, near, far, c.render_step_size, None if single_pass else sigma_fn,
+        step = c.render_step_size * (1.0 if options is None else float(options.step_scale))
+        samples = self.grid.sample(rays, near, far, step, None if single_pass else sigma_fn,
                                    c.alpha_thre, c.early_stop_eps, stratified=self.training)
         if single_pass:  # inference: one field evaluation, then drop what early termination would
             samples, sigma, geo = self._terminate_early(samples, rays, None if options is None else options.crop_box)
