@@ -480,7 +480,7 @@ def pick_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def train_method(
+def build_trainer(
     method: str,
     data_path: str | Path | None,
     *,
@@ -490,12 +490,13 @@ def train_method(
     trainer_overrides: dict | None = None,
     resume: bool = False,
     device: str = "auto",
-) -> TrainResult:
-    """Train ``method`` on the dataset at ``data_path`` (what ``omnifield train`` does).
+) -> Trainer:
+    """The :class:`Trainer` for ``method`` on the dataset at ``data_path``, ready to ``train()``.
 
     ``scene_overrides`` are ``key=value`` strings typed by the method's config dataclass;
-    ``trainer_overrides`` are TrainerConfig fields. With ``resume`` the run at ``out`` continues from
-    its last checkpoint with its stored configs (trainer overrides such as max_steps still apply).
+    ``trainer_overrides`` are TrainerConfig fields. With ``resume`` the run at ``out`` is loaded
+    with its stored configs (trainer overrides such as max_steps still apply) and its last
+    checkpoint restored. Used by ``omnifield train`` and by the viewer's live training.
     """
     from omnifield.datasets.load import load_scene
     from omnifield.scenes.registry import get_method
@@ -516,20 +517,28 @@ def train_method(
         trainer = Trainer(run.scene, data, replace(run.trainer_config, **trainer_overrides), out,
                           downscale=run.downscale, method=method)
         trainer.resume()
-        return trainer.train()
+        return trainer
     if data_path is None:
         raise ConfigError("train needs --data PATH")
     out = Path(out) if out is not None else default_run_dir(method, data_path)
     if (out / runs.CONFIG_FILE).exists():
         raise ConfigError("already holds a run; pass --resume to continue it or choose another --out", out)
-    scene_config = apply_overrides(spec.config_cls(), scene_overrides)
+    scene_config = apply_overrides(spec.config_cls(), list(scene_overrides))
     trainer_config = TrainerConfig(**trainer_overrides)
     data = load_scene(data_path, downscale=downscale or 1)
     torch.manual_seed(trainer_config.seed)
     scene = spec.build(scene_config, data).to(dev)
-    trainer = Trainer(scene, data, trainer_config, out, downscale=downscale or 1, method=method)
-    return trainer.train()
+    return Trainer(scene, data, trainer_config, out, downscale=downscale or 1, method=method)
 
 
-__all__ = ["TrainerConfig", "TrainResult", "Trainer", "PixelSampler", "train_method", "default_run_dir",
+def train_method(method: str, data_path: str | Path | None, **kwargs) -> TrainResult:
+    """Train ``method`` on the dataset at ``data_path`` (what ``omnifield train`` does).
+
+    ``kwargs``: those of :func:`build_trainer` (out, downscale, scene_overrides, trainer_overrides,
+    resume, device).
+    """
+    return build_trainer(method, data_path, **kwargs).train()
+
+
+__all__ = ["TrainerConfig", "TrainResult", "Trainer", "PixelSampler", "build_trainer", "train_method", "default_run_dir",
            "pick_device"]

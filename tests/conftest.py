@@ -54,6 +54,26 @@ def shared_data():
     return root
 
 
+@pytest.fixture(scope="session")
+def native_extension():
+    """``load(name)``: the C++ CPU extension ``name`` (built once, cached on disk), or skip with the reason."""
+    import warnings
+
+    from omnifield.cuda import native
+
+    def load(name: str):
+        if native.native_disabled():
+            pytest.skip(f"native kernels disabled by ${native.DISABLE_ENV}")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            module = native.load_cpu_extension(name)
+        if module is None:
+            pytest.skip(f"C++ CPU kernel {name!r} unavailable: {native.last_error(name)}")
+        return module
+
+    return load
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -6,7 +6,6 @@ every test here skips, with the reason, where no compiler is present or the buil
 
 from __future__ import annotations
 
-import warnings
 
 import pytest
 import torch
@@ -16,15 +15,8 @@ from omnifield.cuda.reference.compositing import packed_info_from_ray_indices, r
 
 
 @pytest.fixture(scope="module")
-def ext():
-    if native.native_disabled():
-        pytest.skip(f"native kernels disabled by ${native.DISABLE_ENV}")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        module = native.load_cpu_extension("compositing")
-    if module is None:
-        pytest.skip(f"C++ CPU compositing kernel unavailable: {native.last_error('compositing')}")
-    return module
+def ext(native_extension):
+    return native_extension("compositing")
 
 
 def _samples(n_rays: int, dtype=torch.float32, max_count: int = 64):

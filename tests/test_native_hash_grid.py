@@ -19,15 +19,8 @@ from omnifield.cuda.reference.hash_encoding import hash_encode, level_is_dense
 
 
 @pytest.fixture(scope="module")
-def ext():
-    if native.native_disabled():
-        pytest.skip(f"native kernels disabled by ${native.DISABLE_ENV}")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        module = native.load_cpu_extension("hash_grid")
-    if module is None:
-        pytest.skip(f"C++ CPU hash-grid kernel unavailable: {native.last_error('hash_grid')}")
-    return module
+def ext(native_extension):
+    return native_extension("hash_grid")
 
 
 def _layout(log2_t: int = 9):

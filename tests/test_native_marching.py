@@ -10,7 +10,6 @@ import math
 import os
 import subprocess
 import sys
-import warnings
 
 import pytest
 import torch
@@ -23,15 +22,8 @@ AABB = torch.tensor([[-1.0, -0.5, -1.5], [1.0, 1.5, 0.5]])  # not centred at 0, 
 
 
 @pytest.fixture(scope="module")
-def ext():
-    if native.native_disabled():
-        pytest.skip(f"native kernels disabled by ${native.DISABLE_ENV}")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        module = native.load_cpu_extension("ray_marching")
-    if module is None:
-        pytest.skip(f"C++ CPU ray-marching kernel unavailable: {native.last_error('ray_marching')}")
-    return module
+def ext(native_extension):
+    return native_extension("ray_marching")
 
 
 def _rays(n: int, levels: int, dtype=torch.float32, near: float = 0.0, far: float = math.inf):

@@ -278,7 +278,8 @@ def test_mesh_export_respects_the_crop_box(xvfb, tmp_path):
 
 def test_live_training_pause_resume_and_close_saves(xvfb, synth_data, tiny_method, tmp_path):
     from omnifield.scenes.runs import load_trainer_state
-    from omnifield.viewer.app import Viewer, ViewerConfig, build_trainer, live_source
+    from omnifield.scenes.trainer import build_trainer
+    from omnifield.viewer.app import Viewer, ViewerConfig, live_source
 
     trainer = build_trainer("test-viewer-tiny", synth_data, out=tmp_path / "run", device="cpu", trainer_overrides=dict(
         max_steps=10**6, eval_every=0, checkpoint_every=0, checkpoint_minutes=None, log_every=0, progress=False))

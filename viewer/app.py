@@ -561,48 +561,6 @@ def open_viewer(path, *, config: ViewerConfig | None = None, device: str = "auto
         viewer.close()
 
 
-def build_trainer(method: str, data_path, *, out=None, downscale: int | None = None, scene_overrides=(),
-                  trainer_overrides: dict | None = None, resume: bool = False, device: str = "auto"):
-    """The :class:`~omnifield.scenes.trainer.Trainer` that ``train_method`` would run, without running it.
-
-    Mirrors :func:`~omnifield.scenes.trainer.train_method`'s set-up (fresh run or ``resume``).
-    """
-    from dataclasses import replace as dc_replace
-
-    from omnifield.datasets.load import load_scene
-    from omnifield.scenes import runs
-    from omnifield.scenes.configs import apply_overrides
-    from omnifield.scenes.registry import get_method
-    from omnifield.scenes.trainer import Trainer, TrainerConfig, default_run_dir, pick_device
-
-    spec, dev, overrides = get_method(method), pick_device(device), dict(trainer_overrides or {})
-    if resume:
-        if out is None:
-            raise ConfigError("--resume needs --out RUN (the run directory to continue)")
-        if scene_overrides:
-            raise ConfigError("--set cannot change the scene config of an existing run")
-        run = runs.load_run(out, device=dev, expect_method=method)
-        if downscale is not None and downscale != run.downscale:
-            raise ConfigError(f"the run was trained with --downscale {run.downscale}, not {downscale}", out)
-        data = load_scene(data_path or run.data_path, downscale=run.downscale, background=run.background)
-        data = data.with_world(run.world_from_dataset, run.scene_box)
-        trainer = Trainer(run.scene, data, dc_replace(run.trainer_config, **overrides), out,
-                          downscale=run.downscale, method=method)
-        trainer.resume()
-        return trainer
-    if data_path is None:
-        raise ConfigError("train needs --data PATH")
-    out = Path(out) if out is not None else default_run_dir(method, data_path)
-    if (out / runs.CONFIG_FILE).exists():
-        raise ConfigError("already holds a run; pass --resume to continue it or choose another --out", out)
-    scene_config = apply_overrides(spec.config_cls(), list(scene_overrides))
-    trainer_config = TrainerConfig(**overrides)
-    data = load_scene(data_path, downscale=downscale or 1)
-    torch.manual_seed(trainer_config.seed)
-    scene = spec.build(scene_config, data).to(dev)
-    return Trainer(scene, data, trainer_config, out, downscale=downscale or 1, method=method)
-
-
 def live_source(trainer):
     """A :class:`~omnifield.viewer.sources.SceneSource` showing a Trainer's scene as it trains."""
     from omnifield.scenes.runs import SceneInfo
@@ -617,10 +575,12 @@ def live_source(trainer):
 def train_with_viewer(method: str, data_path, *, config: ViewerConfig | None = None, **kwargs):
     """``omnifield train --view``: train in a background thread while the window shows the live scene.
 
-    ``kwargs``: those of :func:`build_trainer`. Closing the window stops training and saves a
-    checkpoint. Returns the :class:`~omnifield.scenes.trainer.TrainResult`; a training error
+    ``kwargs``: those of :func:`omnifield.scenes.trainer.build_trainer`. Closing the window stops
+    training and saves a checkpoint. Returns the :class:`~omnifield.scenes.trainer.TrainResult`; a training error
     (e.g. TrainingDiverged) is re-raised after the window closes.
     """
+    from omnifield.scenes.trainer import build_trainer
+
     trainer = build_trainer(method, data_path, **kwargs)
     viewer = Viewer(live_source(trainer), trainer=trainer, config=config)
     viewer.run()
@@ -629,4 +589,4 @@ def train_with_viewer(method: str, data_path, *, config: ViewerConfig | None = N
     return viewer.train_result
 
 
-__all__ = ["Viewer", "ViewerConfig", "release_display", "open_viewer", "train_with_viewer", "build_trainer", "live_source"]
+__all__ = ["Viewer", "ViewerConfig", "release_display", "open_viewer", "train_with_viewer", "live_source"]
