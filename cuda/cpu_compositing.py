@@ -41,11 +41,7 @@ def supports(sigmas: Tensor, t_starts: Tensor, t_ends: Tensor, packed_info: Tens
 
 
 def _extension():
-    ext = native.load_cpu_extension(_OP)
-    if ext is None:
-        reason = native.last_error(_OP) or f"disabled by ${native.DISABLE_ENV}"
-        raise RuntimeError(f"the C++ CPU compositing kernel is unavailable: {reason}")
-    return ext
+    return native.require_cpu_extension(_OP, "compositing")
 
 
 class _RenderWeightsCPU(torch.autograd.Function):

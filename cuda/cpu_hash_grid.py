@@ -38,11 +38,7 @@ def supports(x: Tensor, table: Tensor) -> bool:
 
 
 def _extension():
-    ext = native.load_cpu_extension(_OP)
-    if ext is None:
-        reason = native.last_error(_OP) or f"disabled by ${native.DISABLE_ENV}"
-        raise RuntimeError(f"the C++ CPU hash-grid kernel is unavailable: {reason}")
-    return ext
+    return native.require_cpu_extension(_OP, "hash-grid")
 
 
 def _validate(x: Tensor, table: Tensor, resolutions: Tensor, offsets: Tensor) -> None:

@@ -53,11 +53,7 @@ def lookup_supports(points: Tensor, binaries: Tensor) -> bool:
 
 
 def _extension():
-    ext = native.load_cpu_extension(_OP)
-    if ext is None:
-        reason = native.last_error(_OP) or f"disabled by ${native.DISABLE_ENV}"
-        raise RuntimeError(f"the C++ CPU ray-marching kernel is unavailable: {reason}")
-    return ext
+    return native.require_cpu_extension(_OP, "ray-marching")
 
 
 def _validate_grid(binaries: Tensor, aabb: Tensor) -> None:

@@ -113,6 +113,15 @@ def load_cpu_extension(name: str) -> ModuleType | None:
         return module
 
 
+def require_cpu_extension(name: str, what: str) -> ModuleType:
+    """:func:`load_cpu_extension` or ``RuntimeError("the C++ CPU <what> kernel is unavailable: <why>")``."""
+    ext = load_cpu_extension(name)
+    if ext is None:
+        reason = last_error(name) or f"disabled by ${DISABLE_ENV}"
+        raise RuntimeError(f"the C++ CPU {what} kernel is unavailable: {reason}")
+    return ext
+
+
 def _build(name: str, sources: list[Path]) -> ModuleType:
     from torch.utils import cpp_extension  # deferred: importing it is slow and probes compilers
 

@@ -1,4 +1,4 @@
-"""The C++ CPU occupancy-grid marcher against the pure-PyTorch oracle: bit-identical samples.
+"""The C++ CPU ray-marching kernel against the pure-PyTorch oracle: bit-identical samples.
 
 The extension is built once per session (module fixture) and cached on disk for later sessions;
 every test here skips, with the reason, where no compiler is present or the build fails.
