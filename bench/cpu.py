@@ -7,7 +7,12 @@ Parts (select with ``--only demo,lego,fox,hash``):
   out): instant-ngp for ``--minutes``, then nerf for the same wall time; held-out PSNR / SSIM;
 - ``fox``: instant-ngp's fox (``../shared/data/fox``, ``--downscale 8``) for ``--fox-minutes``;
   held-out PSNR / SSIM;
-- ``hash``: the reference hash encoding forward + backward against its naive baseline.
+- ``hash``: the reference hash encoding forward + backward against its naive baseline;
+- ``lego3dgs``: 3D Gaussian splatting on lego (same data and protocol as ``lego``) for
+  ``--splat-minutes``; held-out PSNR / SSIM, Gaussian count;
+- ``dynamic``: the synthetic dynamic scene (``omnifield data synth --dynamic``, default size:
+  12 cameras, 20 times; the test split is held-out cameras at held-out times) with ``4dgs`` for
+  ``--dynamic-minutes``.
 
 Parts whose data folder is absent are skipped (recorded as such). Results of the parts that ran are
 merged into an existing ``cpu.json``, so parts can be run one at a time. Smoke run (seconds per part):
@@ -27,7 +32,7 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-PARTS = ("demo", "lego", "fox", "hash")
+PARTS = ("demo", "lego", "fox", "hash", "lego3dgs", "dynamic")
 
 
 def shared_data_root() -> Path | None:
@@ -117,6 +122,38 @@ def part_fox(args) -> dict:
     return {"downscale": 8, "holdout_every": 8, "instant-ngp": ngp}
 
 
+def part_lego3dgs(args) -> dict:
+    root = shared_data_root()
+    if root is None or not (root / "lego" / "transforms_train.json").is_file():
+        return {"skipped": "lego data absent (../shared/data/lego)"}
+    r = train_and_evaluate("3dgs", root / "lego", args.work / "lego-3dgs", downscale=4, minutes=args.splat_minutes,
+                           max_steps=args.splat_steps, device=args.device, progress=not args.quiet,
+                           max_images=args.eval_images)
+    r["gaussians"] = _gaussian_count(r["run"], args.device)
+    return {"downscale": 4, "holdout_every": 8, "3dgs": r}
+
+
+def part_dynamic(args) -> dict:
+    from omnifield.datasets.synth_dynamic import DynamicSynthConfig, write_dynamic_scene
+
+    data = args.work / "dynamic-data"
+    if not (data / "transforms_train.json").is_file():
+        write_dynamic_scene(data, DynamicSynthConfig())
+    r = train_and_evaluate("4dgs", data, args.work / "dynamic-4dgs", downscale=1, minutes=args.dynamic_minutes,
+                           max_steps=args.splat_steps, device=args.device, progress=not args.quiet,
+                           max_images=args.eval_images)
+    r["gaussians"] = _gaussian_count(r["run"], args.device)
+    return {"downscale": 1, "4dgs": r}
+
+
+def _gaussian_count(run_dir: str, device: str) -> int:
+    from omnifield.scenes import runs
+    from omnifield.scenes.trainer import pick_device
+
+    scene = runs.load_run(run_dir, device=pick_device(device)).scene
+    return int(len(scene.gaussians(0.5 if hasattr(scene, "time_range") else None)))
+
+
 def part_hash(args) -> dict:
     """Time the reference hash encoding fwd+bwd vs the naive loop: bench/hash_encoding.py's
     ``benchmark(...)`` when it offers one, else the reference functions directly."""
@@ -176,22 +213,24 @@ def print_tables(results: dict) -> None:
         else:
             t.add_row("demo", "instant-ngp", f(d["train_seconds"], ".0f"), str(d["steps"]), f(d["psnr"], ".2f"),
                       f(d["ssim"], ".4f"), f"wall {d['wall_seconds']:.0f} s, Chamfer {100 * d['chamfer_ratio']:.2f}% of diag")
-    for name in ("lego", "fox"):
+    for name in ("lego", "fox", "lego3dgs", "dynamic"):
         if name not in parts:
             continue
         p = parts[name]
         if "skipped" in p:
             t.add_row(name, "", "", "", "", "", p["skipped"])
             continue
-        for method in ("instant-ngp", "nerf"):
+        for method in ("instant-ngp", "nerf", "3dgs", "4dgs"):
             if method in p:
                 r = p[method]
                 other = f"downscale {p['downscale']}, {r['test_images']} held-out views"
+                if "gaussians" in r:
+                    other += f"; {r['gaussians']} Gaussians"
                 if "psnr_on_nerf_views" in r:
                     other += f"; {r['psnr_on_nerf_views']:.2f} dB / {r['ssim_on_nerf_views']:.4f} on nerf's views"
                 t.add_row(name, method, f(r["train_seconds"], ".0f"), str(r["steps"]), f(r["psnr"], ".2f"),
                           f(r["ssim"], ".4f"), other)
-    if any(name in parts for name in ("demo", "lego", "fox")):
+    if any(name in parts for name in ("demo", "lego", "fox", "lego3dgs", "dynamic")):
         console.print(t)
     if "hash" in parts:
         h = parts["hash"]
@@ -207,9 +246,12 @@ def print_tables(results: dict) -> None:
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", default=",".join(PARTS), help="comma-separated parts: demo,lego,fox,hash")
+    p.add_argument("--only", default=",".join(PARTS), help="comma-separated parts: " + ",".join(PARTS))
     p.add_argument("--minutes", type=float, default=15.0, help="lego instant-ngp budget (nerf gets the same wall time)")
     p.add_argument("--fox-minutes", type=float, default=3.0, help="fox instant-ngp budget")
+    p.add_argument("--splat-minutes", type=float, default=15.0, help="lego 3dgs budget")
+    p.add_argument("--dynamic-minutes", type=float, default=15.0, help="synthetic dynamic scene 4dgs budget")
+    p.add_argument("--splat-steps", type=int, default=None, help="3dgs / 4dgs max_steps (the schedule's length)")
     p.add_argument("--demo-minutes", type=float, default=2.0, help="demo training budget")
     p.add_argument("--nerf-eval-images", type=int, default=3,
                    help="held-out views scored for nerf (its renders are slow on CPU); 0: all")
@@ -237,7 +279,8 @@ def main(argv=None) -> dict:
     results.setdefault("parts", {})
     results["machine"] = {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
                           "platform": platform.platform(), "processor": platform.processor()}
-    runners = {"demo": part_demo, "lego": part_lego, "fox": part_fox, "hash": part_hash}
+    runners = {"demo": part_demo, "lego": part_lego, "fox": part_fox, "hash": part_hash, "lego3dgs": part_lego3dgs,
+               "dynamic": part_dynamic}
     for name in PARTS:
         if name in only:
             t0 = time.perf_counter()

@@ -41,11 +41,18 @@ def cmd_data_info(args) -> int:
 
 
 def cmd_data_synth(args) -> int:
-    from omnifield.datasets.synth import SynthConfig, synthesize
     from omnifield.scenes.configs import apply_overrides
 
-    config = apply_overrides(SynthConfig(), args.set or [])
-    out = synthesize(args.out, config, overwrite=args.overwrite, progress=True)
+    if args.dynamic:
+        from omnifield.datasets.synth_dynamic import DynamicSynthConfig, write_dynamic_scene
+
+        config = apply_overrides(DynamicSynthConfig(), args.set or [])
+        out = write_dynamic_scene(args.out, config, overwrite=args.overwrite, progress=True)
+    else:
+        from omnifield.datasets.synth import SynthConfig, synthesize
+
+        config = apply_overrides(SynthConfig(), args.set or [])
+        out = synthesize(args.out, config, overwrite=args.overwrite, progress=True)
     print(f"wrote {out}")
     return 0
 
@@ -111,7 +118,7 @@ def cmd_render(args) -> int:
 
     run = load_run(args.run, device=pick_device(args.device))
     out = render_path(run, args.path, out=args.out, frames_dir=args.frames, num_frames=args.frames_count,
-                      downscale=args.downscale, fps=args.fps, channel=args.channel)
+                      downscale=args.downscale, fps=args.fps, channel=args.channel, time=args.time)
     print(f"wrote {out}")
     return 0
 
@@ -124,7 +131,7 @@ def _float_arg(text: str, flag: str) -> float:
 
 
 def cmd_export(args) -> int:
-    from omnifield.scenes.export import export_mesh, export_pointcloud
+    from omnifield.scenes.export import export_mesh, export_pointcloud, export_splat
     from omnifield.scenes.runs import load_run
     from omnifield.scenes.trainer import pick_device
 
@@ -133,6 +140,8 @@ def cmd_export(args) -> int:
         threshold = args.threshold if args.threshold in (None, "auto") else _float_arg(args.threshold, "--threshold")
         out = export_mesh(run, args.out, resolution=args.resolution, threshold=threshold,
                           cull_unseen=args.cull_unseen, min_component_fraction=args.min_component)
+    elif args.kind == "splat":
+        out = export_splat(run.scene, args.out, time=args.time, world_from_dataset=run.world_from_dataset)
     else:
         out = export_pointcloud(run, args.out)
     print(f"wrote {out}")
@@ -221,7 +230,11 @@ def _add_data_commands(sub, common) -> None:
     p.set_defaults(func=cmd_data_info)
     p = dsub.add_parser("synth", parents=[common], help="write the procedural scene with ground truth")
     p.add_argument("out", help="output folder (absent or empty)")
-    p.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE", help="SynthConfig options")
+    p.add_argument("--dynamic", action="store_true",
+                   help="moving objects seen by a fixed camera rig, in the D-NeRF layout (per-frame time)")
+    p.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE",
+                   help="SynthConfig options (DynamicSynthConfig with --dynamic: n_cameras, n_times, width, "
+                        "height, seed, ...)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     p.set_defaults(func=cmd_data_synth)
 
@@ -263,7 +276,8 @@ def _add_run_commands(sub, common) -> None:
 
     p = sub.add_parser("render", parents=[common], help="render a camera path to a video or frames")
     p.add_argument("run", help="run directory")
-    p.add_argument("--path", required=True, help="orbit, spiral, dataset, train/val/test, or a camera-path JSON")
+    p.add_argument("--path", default="orbit",
+                   help="orbit (default), spiral, dataset, train/val/test, or a camera-path JSON")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--out", help="output video (.mp4); default RUN/renders/<path>_<channel>.mp4")
     g.add_argument("--frames", help="write PNG frames into this folder instead of a video")
@@ -271,13 +285,18 @@ def _add_run_commands(sub, common) -> None:
     p.add_argument("--downscale", type=float, help="divide the path's resolution by this factor")
     p.add_argument("--fps", type=float, default=30.0)
     p.add_argument("--channel", default="rgb", help="rgb, depth, alpha, normals ...")
+    p.add_argument("--time", type=float,
+                   help="render every frame of a dynamic scene at this time (default: the path's own times, "
+                        "else a sweep over the scene's time range)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_render)
 
-    p = sub.add_parser("export", parents=[common], help="export a mesh or a point cloud")
+    p = sub.add_parser("export", parents=[common], help="export a mesh, a point cloud or Gaussian splats")
     p.add_argument("run", help="run directory")
-    p.add_argument("kind", choices=("mesh", "pointcloud"))
-    p.add_argument("--out", required=True, help="output file (.ply, .obj, .glb for meshes; .ply for points)")
+    p.add_argument("kind", choices=("mesh", "pointcloud", "splat"))
+    p.add_argument("--out", required=True,
+                   help="output file (.ply, .obj, .glb for meshes; .ply for points and splats (the 3DGS layout))")
+    p.add_argument("--time", type=float, help="splat: normalised time in [0, 1] of a dynamic scene (4dgs)")
     p.add_argument("--resolution", type=_positive_int, default=256, help="marching-cubes grid resolution")
     p.add_argument("--threshold", default=None,
                    help="density level of the surface (default: the scene's, 10 for NeRFs; 'auto': from the density histogram)")

@@ -2,7 +2,8 @@
 
 Four names exist: ``"torch"`` (the pure-PyTorch references in :mod:`omnifield.cuda.reference`,
 always available: the oracle), ``"cpp"`` (C++/OpenMP CPU kernels from ``cuda/csrc`` where an op has
-one, built just in time on first use; the reference elsewhere), ``"cuda"`` (CUDA kernels, issue 5)
+one, built just in time on first use; the reference elsewhere), ``"cuda"`` (CUDA kernels where an op has them: the Gaussian rasterizer and 4D slicing; the
+radiance-field kernels arrive with issue 5)
 and ``"tcnn"`` (tiny-cuda-nn). Automatic selection: ``cuda`` with a GPU and a build, else ``cpp``
 unless ``OMNIFIELD_NO_NATIVE=1``. Asking for an unavailable name falls back with a single warning
 per name (``cuda``/``tcnn`` -> ``cpp`` or ``torch``); a failed native build warns once and the op
@@ -27,7 +28,13 @@ def _available(name: str) -> bool:
         return True
     if name == "cpp":
         return os.environ.get("OMNIFIELD_NO_NATIVE", "") not in ("1", "true", "yes")
-    return False  # CUDA kernels and tiny-cuda-nn arrive with issue 5
+    if name == "cuda":
+        # A GPU is present; each op builds its CUDA extension on first use and falls back to the
+        # reference (one warning) when that build fails. Radiance-field CUDA kernels: issue 5.
+        import torch
+
+        return torch.cuda.is_available()
+    return False  # tiny-cuda-nn arrives with issue 5
 
 
 def resolve_backend(name: str | None = None) -> str:

@@ -8,6 +8,10 @@ the op, the torch version and a hash of the sources and flags, so a later proces
 library without compiling; torch's file baton keeps two processes from building the same folder at
 once. A failed build warns once with the reason and returns ``None`` (callers fall back to the
 pure-PyTorch reference). ``OMNIFIELD_NO_NATIVE=1`` disables native kernels.
+
+:func:`load_cuda_extension` does the same for the CUDA kernels (``CUDA_SOURCES``: ``.cu`` kernels
+free of torch headers plus a ``*_bind.cpp`` glue), and returns ``None`` silently where there is no
+CUDA device.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ CPU_SOURCES: dict[str, tuple[str, ...]] = {
     "hash_grid": ("hash_grid/hash_grid_cpu.cpp",),
     "ray_marching": ("ray_marching/ray_marching_cpu.cpp",),
     "compositing": ("compositing/compositing_cpu.cpp",),
+    "gaussians": ("gaussians/gaussians_cpu.cpp",),
 }
 
 # Portable flags (no -march=native: the cached library must run on any CPU of the machine kind).
@@ -165,3 +170,146 @@ def _reason(exc: BaseException, limit: int = 1500) -> str:
             keep.append(ln)
     reason = "\n".join([head, *keep[:12]])
     return reason if len(reason) <= limit else reason[:limit] + " ..."
+
+
+# --- CUDA kernels (issue 4: Gaussian splatting; issue 5 adds the radiance-field ops) -----------------
+#
+# Same scheme as the CPU kernels: built on first use with torch.utils.cpp_extension.load (nvcc for
+# the ``*.cu`` kernels, which include no torch header, and the host compiler for the ``*_bind.cpp``
+# glue), cached under ``cache_root()`` in ``<op>-cuda-<key>`` (key: torch and CUDA versions, target
+# architectures, a hash of the sources, the headers beside them and the flags), one warning per
+# process when a build fails. Without a CUDA device (or with ``$OMNIFIELD_NO_NATIVE``) nothing is
+# built and the loaders return None silently: the callers run the references.
+
+#: op name -> its CUDA sources (kernels and torch glue), relative to ``cuda/csrc``.
+CUDA_SOURCES: dict[str, tuple[str, ...]] = {
+    "gaussians": (
+        "gaussians/gaussians_cuda.cu",
+        "gaussians/gaussians_isect_cuda.cu",
+        "gaussians/gaussians_raster_cuda.cu",
+        "gaussians/gaussians_sh_cuda.cu",
+        "gaussians/gaussians_cuda_bind.cpp",
+    ),
+}
+
+# No --use_fast_math: the kernels follow the references' float operations (IEEE division, expf).
+NVCC_FLAGS: tuple[str, ...] = ("-O3", "-lineinfo")
+CUDA_HOST_CFLAGS: tuple[str, ...] = ("-O3",)
+
+_cuda_lock = threading.Lock()
+_cuda_loaded: dict[str, ModuleType] = {}
+_cuda_errors: dict[str, str] = {}
+
+
+def _cuda_source_paths(name: str) -> list[Path]:
+    if name not in CUDA_SOURCES:
+        raise ValueError(f"unknown CUDA op {name!r}; known: {sorted(CUDA_SOURCES)}")
+    return [CSRC / s for s in CUDA_SOURCES[name]]
+
+
+def _cuda_arch_tag() -> str:
+    """``$TORCH_CUDA_ARCH_LIST`` or the compute capabilities of the visible devices (what torch builds for)."""
+    env = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    if env:
+        return env
+    if not torch.cuda.is_available():
+        return "none"
+    caps = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
+    return ",".join(f"{major}.{minor}" for major, minor in caps)
+
+
+def cuda_build_key(name: str) -> str:
+    """``<torch version>-cu<CUDA version>-<hash>``: hash of the sources, the headers of their folders,
+    the flags, the target architectures and the Python ABI (the cache folder's suffix)."""
+    sources = _cuda_source_paths(name)
+    headers = sorted({h for s in sources for pattern in ("*.h", "*.cuh") for h in s.parent.glob(pattern)})
+    h = hashlib.sha256()
+    for path in [*sources, *headers]:
+        h.update(path.name.encode())
+        h.update(path.read_bytes() if path.is_file() else b"<missing>")
+    h.update(" ".join(NVCC_FLAGS + CUDA_HOST_CFLAGS).encode())
+    h.update(_cuda_arch_tag().encode())
+    h.update(str(sysconfig.get_config_var("SOABI")).encode())
+    return f"{torch.__version__.replace('+', '_')}-cu{torch.version.cuda}-{h.hexdigest()[:12]}"
+
+
+def last_cuda_error(name: str) -> str | None:
+    """Why the last CUDA build of ``name`` failed in this process (``None`` if it did not fail)."""
+    return _cuda_errors.get(name)
+
+
+def cuda_unavailable_reason() -> str | None:
+    """Why no CUDA kernel can run here without building (no device, disabled), or ``None``."""
+    if native_disabled():
+        return f"native kernels disabled by ${DISABLE_ENV}"
+    if torch.version.cuda is None:
+        return f"this torch ({torch.__version__}) has no CUDA support"
+    if not torch.cuda.is_available():
+        return "no CUDA device (torch.cuda.is_available() is False)"
+    return None
+
+
+def load_cuda_extension(name: str) -> ModuleType | None:
+    """The compiled CUDA extension of op ``name`` (e.g. ``"gaussians"``), building it on first use.
+
+    Returns ``None`` without a word when there is no CUDA device or native kernels are disabled
+    (:func:`cuda_unavailable_reason`); when nvcc is missing or the build fails it emits one
+    ``RuntimeWarning`` with the reason per process (see :func:`last_cuda_error`) and returns ``None``.
+    Thread-safe; the result is memoised for the process.
+    """
+    sources = _cuda_source_paths(name)
+    if cuda_unavailable_reason() is not None:
+        return None
+    with _cuda_lock:
+        if name in _cuda_loaded:
+            return _cuda_loaded[name]
+        if name in _cuda_errors:
+            return None
+        try:
+            module = _build_cuda(name, sources)
+        except Exception as exc:  # noqa: BLE001 - any build failure means "use the reference"
+            reason = _reason(exc)
+            _cuda_errors[name] = reason
+            warnings.warn(
+                f"omnifield: could not build the CUDA kernel {name!r}; using the pure-PyTorch reference "
+                f"instead. Reason: {reason}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return None
+        _cuda_loaded[name] = module
+        return module
+
+
+def require_cuda_extension(name: str, what: str) -> ModuleType:
+    """:func:`load_cuda_extension` or ``RuntimeError("the CUDA <what> kernel is unavailable: <why>")``."""
+    ext = load_cuda_extension(name)
+    if ext is None:
+        reason = last_cuda_error(name) or cuda_unavailable_reason() or "unknown"
+        raise RuntimeError(f"the CUDA {what} kernel is unavailable: {reason}")
+    return ext
+
+
+def _build_cuda(name: str, sources: list[Path]) -> ModuleType:
+    from torch.utils import cpp_extension  # deferred: importing it is slow and probes compilers
+
+    missing = [str(s) for s in sources if not s.is_file()]
+    if missing:
+        raise FileNotFoundError(f"missing sources {missing}")
+    if cpp_extension.CUDA_HOME is None:
+        raise RuntimeError("nvcc not found: set CUDA_HOME to a CUDA toolkit matching torch.version.cuda "
+                           f"({torch.version.cuda})")
+    key = cuda_build_key(name)
+    directory = cache_root() / f"{name}-cuda-{key}"
+    directory.mkdir(parents=True, exist_ok=True)
+    module_name = f"omnifield_{name}_cuda_{key.rsplit('-', 1)[1]}"
+    if not any(directory.glob(f"{module_name}*.so")):
+        print(f"omnifield: compiling the CUDA kernel {name!r} (once; cached in {directory})", file=sys.stderr)
+    return cpp_extension.load(
+        name=module_name,
+        sources=[str(s) for s in sources],
+        extra_cflags=list(CUDA_HOST_CFLAGS),
+        extra_cuda_cflags=list(NVCC_FLAGS),
+        build_directory=str(directory),
+        verbose=False,
+    )

@@ -1,7 +1,8 @@
 """Public ops: one function per kernel, dispatched to the selected backend.
 
 Every op here has a pure-PyTorch twin in :mod:`omnifield.cuda.reference` with the same
-signature; today every call runs that reference (see :func:`omnifield.cuda.backend.resolve_backend`).
+signature; the C++ CPU and CUDA kernels, where an op has them, are chosen per call from the
+selected backend (:func:`omnifield.cuda.backend.resolve_backend`) and the tensors' device.
 Fields and renderers call these functions, never the references directly.
 """
 
@@ -10,10 +11,14 @@ from __future__ import annotations
 from torch import Tensor
 
 from omnifield.cuda import cpu_compositing as _cpu_comp
+from omnifield.cuda import cpu_gaussians as _cpu_gs
 from omnifield.cuda import cpu_hash_grid as _cpu_hash
 from omnifield.cuda import cpu_ray_marching as _cpu_march
+from omnifield.cuda import cuda_gaussians as _cuda_gs
 from omnifield.cuda.backend import resolve_backend
 from omnifield.cuda.reference import compositing as _comp
+from omnifield.cuda.reference import gaussians as _gs
+from omnifield.cuda.reference import gaussians4d as _gs4
 from omnifield.cuda.reference import hash_encoding as _hash
 from omnifield.cuda.reference import occupancy as _occ
 from omnifield.cuda.reference import ray_aabb as _aabb
@@ -92,3 +97,66 @@ packed_exclusive_cumsum = _comp.packed_exclusive_cumsum
 cell_points = _occ.cell_points
 occupancy_binarize = _occ.occupancy_binarize
 spatial_hash = _hash.spatial_hash
+
+
+# --- Gaussian splatting (issue 4) --------------------------------------------------------------------
+# CUDA tensors run the CUDA kernels of cuda/csrc/gaussians when the ``cuda`` backend is selected and
+# the extension builds; on CPU tensors tile binning and rasterization run the C++/OpenMP kernel
+# (``cpp`` backend, the default without a GPU); everything else runs the pure-PyTorch reference,
+# which is also the oracle of every kernel's tests.
+
+
+def _gs_cuda(backend: str | None, *tensors) -> bool:
+    """Whether the CUDA Gaussian kernels take these tensors."""
+    return resolve_backend(backend) == "cuda" and _cuda_gs.supports(*tensors) and _cuda_gs.available()
+
+
+def quat_scale_to_covar(quats: Tensor, scales: Tensor, backend: str | None = None) -> Tensor:
+    """World covariances ``[N, 3, 3]`` from quaternions ``[N, 4]`` (w, x, y, z) and scales ``[N, 3]``."""
+    impl = _cuda_gs if _gs_cuda(backend, quats, scales) else _gs
+    return impl.quat_scale_to_covar(quats, scales)
+
+
+def project_gaussians(means, covars, viewmat, K, width, height, near=0.01, far=1e10, eps2d=0.3,
+                      radius_clip=0.0, antialias=False, backend=None):
+    """EWA projection -> ``(means2d [N, 2], conics [N, 3], depths [N], radii [N] int32, compensations [N] | None)``."""
+    impl = _cuda_gs if _gs_cuda(backend, means, covars, viewmat, K) else _gs
+    return impl.project_gaussians(means, covars, viewmat, K, width, height, near, far, eps2d, radius_clip, antialias)
+
+
+def spherical_harmonics(degree: int, dirs: Tensor, coeffs: Tensor, backend: str | None = None) -> Tensor:
+    """3DGS SH colour ``[N, 3]`` of ``dirs [N, 3]`` and ``coeffs [N, K, 3]`` (no +0.5)."""
+    impl = _cuda_gs if _gs_cuda(backend, dirs, coeffs) else _gs
+    return impl.spherical_harmonics(degree, dirs, coeffs)
+
+
+def isect_tiles(means2d, radii, depths, width, height, tile_size=16, backend=None):
+    """Sorted tile intersections -> ``(isect_offsets [tile_h, tile_w] int32, flatten_ids [M] int64)``."""
+    if _gs_cuda(backend, means2d, radii, depths):
+        return _cuda_gs.isect_tiles(means2d, radii, depths, width, height, tile_size)
+    if _native(backend) and _cpu_gs.isect_supports(means2d, radii, depths) and _cpu_gs.available():
+        return _cpu_gs.isect_tiles_cpu(means2d, radii, depths, width, height, tile_size)
+    return _gs.isect_tiles(means2d, radii, depths, width, height, tile_size)
+
+
+def rasterize_to_pixels(means2d, conics, colors, opacities, width, height, tile_size, isect_offsets,
+                        flatten_ids, backgrounds=None, backend=None):
+    """Tile-based alpha compositing -> ``(colors [H, W, C], alphas [H, W, 1])``; differentiable."""
+    args = (means2d, conics, colors, opacities, width, height, tile_size, isect_offsets, flatten_ids, backgrounds)
+    if _gs_cuda(backend, means2d, conics, colors, opacities, backgrounds):
+        return _cuda_gs.rasterize_to_pixels(*args)
+    if _native(backend) and _cpu_gs.supports(means2d, conics, colors, opacities, backgrounds) and _cpu_gs.available():
+        return _cpu_gs.rasterize_to_pixels_cpu(*args)
+    return _gs.rasterize_to_pixels(*args)
+
+
+def slice_gaussians_4d(means4, scales4, q_left, q_right, t, backend=None):
+    """4D Gaussians conditioned on time ``t`` -> ``(means3 [N, 3], covars3 [N, 3, 3], marginal [N])``."""
+    impl = _cuda_gs if _gs_cuda(backend, means4, scales4, q_left, q_right) else _gs4
+    return impl.slice_gaussians_4d(means4, scales4, q_left, q_right, t)
+
+
+def spherindrical_harmonics(degree, n_time, dirs, dt, period, coeffs, backend=None):
+    """4DGS colour ``[N, 3]``: spatial SH x temporal cosines (no +0.5); differentiable."""
+    impl = _cuda_gs if _gs_cuda(backend, dirs, dt, coeffs) else _gs4
+    return impl.spherindrical_harmonics(degree, n_time, dirs, dt, period, coeffs)

@@ -16,6 +16,9 @@ _EXPORTS = {
     "load_scene": "omnifield.datasets.load",
     "describe": "omnifield.datasets.info",
     "format_info": "omnifield.datasets.info",
+    "load_n3v": "omnifield.datasets.n3v",
+    "DynamicSynthConfig": "omnifield.datasets.synth_dynamic",
+    "write_dynamic_scene": "omnifield.datasets.synth_dynamic",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -24,7 +27,9 @@ if TYPE_CHECKING:
     from omnifield.datasets.cameras import CameraModel, Cameras
     from omnifield.datasets.info import describe, format_info
     from omnifield.datasets.load import load_scene
+    from omnifield.datasets.n3v import load_n3v
     from omnifield.datasets.scene_data import SceneData
+    from omnifield.datasets.synth_dynamic import DynamicSynthConfig, write_dynamic_scene
 
 
 def __getattr__(name: str):

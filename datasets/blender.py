@@ -28,6 +28,7 @@ from omnifield.datasets.io import (
     check_splits,
     default_splits,
     downscaled_sources,
+    find_points,
     image_size,
     make_image_store,
     number,
@@ -142,6 +143,7 @@ def load_blender(path, *, downscale: int = 1, background=(1.0, 1.0, 1.0), holdou
     cams = Cameras.create(c2w, fx, fx, w_t / 2, h_t / 2, w_t, h_t, model=CameraModel.PINHOLE, times=times_t)
     sources, cams = downscaled_sources(all_paths, cams, opts.downscale)
     check_splits(splits, cams, files["train"])
+    points, point_colors = find_points(root)
     return SceneData(
         root=root,
         format="dnerf" if dynamic else "blender",
@@ -153,6 +155,8 @@ def load_blender(path, *, downscale: int = 1, background=(1.0, 1.0, 1.0), holdou
         near=NEAR,
         far=FAR,
         time_range=time_range,
+        points=points,
+        point_colors=point_colors,
         unbounded=False,
         background=opts.background,
         metadata={

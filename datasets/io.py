@@ -382,3 +382,50 @@ def downscaled_sources(paths: list[Path], cams: Cameras, n: int) -> tuple[list[I
         sx[i], sy[i] = new_w[i] / w[i], new_h[i] / h[i]
         sources.append(ImageSource(q, 1))
     return sources, scale_cameras(cams, torch.tensor(sx), torch.tensor(sy), torch.tensor(new_w), torch.tensor(new_h))
+
+
+# ----------------------------------------------------------------------------- sparse points
+
+#: point files looked for next to a transforms JSON (3DGS / nerfstudio / our synthetic scenes write these).
+POINT_FILE_NAMES = ("points3d.ply", "points3D.ply", "sparse_pc.ply")
+
+
+def read_points_ply(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """A point-cloud ``.ply`` (ascii or binary) -> ``xyz [P, 3]`` float32 and ``rgb [P, 3]`` uint8 or None.
+
+    Read with trimesh (faces, if any, are ignored). Raises DataError naming the file when it cannot
+    be parsed or holds no vertices.
+    """
+    import trimesh
+
+    try:
+        geom = trimesh.load(str(path), process=False)
+    except Exception as e:  # noqa: BLE001 - trimesh raises many types for a bad file
+        raise DataError(f"cannot read point cloud ({type(e).__name__}: {e})", path) from None
+    xyz = np.asarray(getattr(geom, "vertices", np.zeros((0, 3))), dtype=np.float32).reshape(-1, 3)
+    if len(xyz) == 0 or not np.all(np.isfinite(xyz)):
+        raise DataError("point cloud has no (finite) vertices", path)
+    colors = getattr(geom, "colors", None)
+    if colors is None and hasattr(geom, "visual"):
+        colors = getattr(geom.visual, "vertex_colors", None)
+    rgb = None
+    if colors is not None and len(colors) == len(xyz):
+        rgb = np.asarray(colors)[:, :3].astype(np.uint8)
+    return xyz, rgb
+
+
+def find_points(root: Path, names: tuple[str, ...] = POINT_FILE_NAMES,
+                world_from_dataset: Tensor | None = None) -> tuple[Tensor | None, Tensor | None]:
+    """The first of ``names`` in ``root`` as ``(points [P, 3] float32 in the normalised world,
+    colours [P, 3] uint8)``; ``(None, None)`` when there is none. Colours default to mid grey."""
+    for name in names:
+        path = Path(root) / name
+        if path.is_file():
+            xyz, rgb = read_points_ply(path)
+            pts = torch.from_numpy(xyz)
+            if world_from_dataset is not None:
+                m = world_from_dataset.to(torch.float32)
+                pts = pts @ m[:3, :3].T + m[:3, 3]
+            cols = torch.from_numpy(rgb) if rgb is not None else torch.full((len(xyz), 3), 128, dtype=torch.uint8)
+            return pts.contiguous(), cols
+    return None, None

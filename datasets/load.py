@@ -6,6 +6,7 @@ Detection (a folder, or one of the files named below):
 |---|---|
 | ``transforms_train.json`` (frames with ``time``: D-NeRF) | ``blender`` / ``dnerf`` |
 | ``transforms.json`` (nerfstudio if ``camera_model``, ``applied_transform`` or frame ``fl_x``) | ``ngp`` / ``nerfstudio`` |
+| ``poses_bounds.npy`` and ``cam*.mp4`` videos (N3V multi-view video) | ``n3v`` |
 | ``poses_bounds.npy`` | ``llff`` |
 | ``cameras.npz`` / ``cameras_sphere.npz`` | ``dtu`` |
 | ``cameras`` + ``images`` ``.bin``/``.txt`` in ``sparse/0``, ``sparse`` or the folder | ``colmap`` |
@@ -24,12 +25,12 @@ from omnifield.errors import DataError
 if TYPE_CHECKING:
     from omnifield.datasets.scene_data import SceneData
 
-FORMATS = ("blender", "dnerf", "ngp", "nerfstudio", "colmap", "llff", "dtu")
+FORMATS = ("blender", "dnerf", "ngp", "nerfstudio", "colmap", "llff", "n3v", "dtu")
 
 
 def detect_format(path) -> str:
     """The format name of a dataset folder or file (see the module table); DataError when none matches."""
-    from omnifield.datasets import blender, colmap, dtu, transforms_json
+    from omnifield.datasets import blender, colmap, dtu, n3v, transforms_json
     from omnifield.datasets.io import read_json
 
     p = Path(path)
@@ -42,7 +43,7 @@ def detect_format(path) -> str:
         elif name.endswith(".json"):
             return "nerfstudio" if transforms_json.is_nerfstudio(read_json(p)) else "ngp"
         elif name == "poses_bounds.npy":
-            return "llff"
+            return "n3v" if n3v.is_n3v(p.parent) else "llff"
         elif name in dtu.CAMERA_FILES:
             return "dtu"
         else:
@@ -52,7 +53,7 @@ def detect_format(path) -> str:
     if (p / "transforms.json").is_file():
         return "nerfstudio" if transforms_json.is_nerfstudio(read_json(p / "transforms.json")) else "ngp"
     if (p / "poses_bounds.npy").is_file():
-        return "llff"
+        return "n3v" if n3v.is_n3v(p) else "llff"
     if dtu.find_camera_file(p) is not None:
         return "dtu"
     if colmap.find_model_dir(p) is not None:
@@ -81,7 +82,7 @@ def load_scene(
         holdout_every: without dataset splits, every n-th frame is test (and val).
         format: force one of :data:`FORMATS` instead of detecting it.
     """
-    from omnifield.datasets import blender, colmap, dtu, llff, transforms_json
+    from omnifield.datasets import blender, colmap, dtu, llff, n3v, transforms_json
 
     fmt = detect_format(path) if format is None else format
     if fmt not in FORMATS:
@@ -95,6 +96,8 @@ def load_scene(
         data = colmap.load_colmap(path, **kw)
     elif fmt == "llff":
         data = llff.load_llff(path, **kw)
+    elif fmt == "n3v":
+        data = n3v.load_n3v(path, **kw)
     else:
         data = dtu.load_dtu(path, **kw)
     return data

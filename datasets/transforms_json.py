@@ -32,12 +32,14 @@ import torch
 
 from omnifield.datasets.cameras import Cameras, CameraModel, opengl_to_opencv
 from omnifield.datasets.io import (
+    POINT_FILE_NAMES,
     LoadOptions,
     center_and_scale,
     check_poses,
     check_splits,
     default_splits,
     downscaled_sources,
+    find_points,
     image_size,
     make_image_store,
     make_mask_loader,
@@ -220,6 +222,8 @@ def load_transforms_json(
         mask_paths = [_resolve(root, f["mask_path"], json_path, i) for i, f in enumerate(kept)]
         mask_sources, _ = downscaled_sources(mask_paths, full, opts.downscale)
         masks = make_mask_loader([s.path for s in mask_sources], [s.factor for s in mask_sources], cams)
+    names = ((str(meta["ply_file_path"]),) if isinstance(meta.get("ply_file_path"), str) else ()) + POINT_FILE_NAMES
+    points, point_colors = find_points(root, names, world)
     return SceneData(
         root=root,
         format="nerfstudio" if nerfstudio else "ngp",
@@ -229,6 +233,8 @@ def load_transforms_json(
         scene_box=box.float(),
         world_from_dataset=world,
         masks=masks,
+        points=points,
+        point_colors=point_colors,
         unbounded=unbounded,
         background=opts.background,
         metadata=metadata,

@@ -57,6 +57,32 @@ class RayBatch:
     extras: dict[str, Tensor] = field(default_factory=dict)
 
 
+@dataclass
+class ImageBatch:
+    """One training batch of whole images (for rasterized scenes, ``Scene.batch_kind == "images"``).
+
+    Attributes:
+        cameras: the ``V`` cameras of the views (normalised world, on the scene's device).
+        indices: ``[V]`` int64 indices of the views in ``data.cameras``.
+        rgb: ``[V, H, W, 3]`` float target in [0, 1] (composited on ``background``).
+        background: ``[V, 3]`` background colour each target was composited on (random per image when
+            the data has alpha and the trainer's ``random_background`` is on, else the data's).
+        alpha: ``[V, H, W, 1]`` target opacity or None.
+        times: ``[V]`` normalised times of the views, or None for static data.
+    """
+
+    cameras: Cameras
+    indices: Tensor
+    rgb: Tensor
+    background: Tensor
+    alpha: Tensor | None = None
+    times: Tensor | None = None
+
+    def __len__(self) -> int:
+        """Pixels in the batch (the Trainer reports pixels per second)."""
+        return int(self.rgb.shape[0] * self.rgb.shape[1] * self.rgb.shape[2])
+
+
 @dataclass(frozen=True)
 class SceneConfig:
     """Base of every scene config (each scene subclasses it with its own frozen fields)."""
@@ -70,9 +96,14 @@ class Scene(nn.Module):
     Subclasses set ``method`` and implement :meth:`render_rays` (ray-based representations) or
     override :meth:`render` (rasterized ones), plus :meth:`training_step` and
     :meth:`param_groups`.
+
+    ``batch_kind`` tells the Trainer what :meth:`training_step` receives: ``"rays"`` (a
+    :class:`RayBatch` of :meth:`rays_per_batch` random pixels) or ``"images"`` (an
+    :class:`ImageBatch` of :meth:`views_per_batch` whole training images).
     """
 
     method: str = ""
+    batch_kind: str = "rays"
 
     def __init__(self, config: SceneConfig, scene_box: Tensor):
         super().__init__()
@@ -107,7 +138,7 @@ class Scene(nn.Module):
         return torch.tensor(bg, dtype=torch.float32, device=self.scene_box.device)
 
     # -- training ------------------------------------------------------------------------------
-    def training_step(self, batch: RayBatch, step: int) -> dict[str, Tensor]:
+    def training_step(self, batch: RayBatch | ImageBatch, step: int) -> dict[str, Tensor]:
         """Losses for one batch; ``"loss"`` is the total to minimise, others are logged."""
         raise NotImplementedError
 
@@ -128,6 +159,14 @@ class Scene(nn.Module):
     def rays_per_batch(self) -> int:
         """How many rays the Trainer should put in the next batch (scenes may adapt it, as Instant-NGP does)."""
         return int(getattr(self.config, "batch_rays", 4096))
+
+    def views_per_batch(self) -> int:
+        """How many whole images the next :class:`ImageBatch` holds (``batch_kind == "images"``)."""
+        return 1
+
+    def prepare_load(self, weights: dict[str, Tensor]) -> None:
+        """Called with a checkpoint's weights before the strict ``load_state_dict``: scenes whose
+        parameter shapes change in training (Gaussian counts) resize them here. Default: nothing."""
 
     def extra_state(self) -> dict[str, Tensor]:
         """Non-parameter tensors to checkpoint (adaptive batch size, counters); buffers are saved already."""

@@ -1,9 +1,11 @@
-"""Export a trained scene: meshes (marching cubes on the density) and point clouds (rendered depth).
+"""Export a trained scene: meshes (marching cubes on the density), point clouds (rendered depth) and
+Gaussian splats (the standard 3DGS ``.ply``).
 
 Exports are written in the dataset's ORIGINAL coordinates (the run's ``world_from_dataset``
 inverted), so they line up with the input cameras and with ground truth. Every file is written
 atomically (temporary file in the same folder + rename). Only capabilities are used: a mesh needs
-:class:`~omnifield.scenes.base.HasDensity`, a point cloud only ``scene.render``.
+:class:`~omnifield.scenes.base.HasDensity`, a point cloud only ``scene.render``, a splat
+:class:`~omnifield.scenes.base.HasGaussians`.
 
 Mesh threshold. Density is a rate per unit length of the normalised world, so its scale depends on
 the method and the world's size. The default level is 10, torch-ngp's choice for NeRF-like fields
@@ -14,6 +16,7 @@ from the density distribution on the grid instead (see :func:`auto_threshold`).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +27,7 @@ from torch import Tensor
 from omnifield.datasets.cameras import Cameras
 from omnifield.errors import ConfigError
 from omnifield.renderers.rays import image_rays
-from omnifield.scenes.base import HasDensity, RenderOptions
+from omnifield.scenes.base import HasDensity, HasGaussians, RenderOptions
 from omnifield.scenes.runs import atomic_write_bytes
 
 DEFAULT_DENSITY_THRESHOLD = 10.0
@@ -315,15 +318,18 @@ def run_cameras(run, split: str = "train", downscale: float | None = None) -> Ca
 
 
 def export_pointcloud(run, out, *, max_points: int = 1_000_000, downscale: float | None = None,
-                      max_views: int | None = None, split: str = "train", seed: int = 0) -> Path:
+                      max_views: int | None = None, split: str = "train", seed: int = 0, crop_box=None) -> Path:
     """Render the run's ``split`` views and write their surface points with colours as a ``.ply``.
 
     Pixels with alpha > 0.5 are lifted along their ray (:func:`~omnifield.renderers.rays.image_rays`,
     unit directions) to the rendered depth, which is the ray parameter t averaged with the
-    compositing weights (``sum w t / sum w``), kept when inside the scene box, mapped to dataset
+    compositing weights (``sum w t / sum w``), kept when inside the box, mapped to dataset
     coordinates and subsampled to ``max_points``. Colours are the renders with the background
     removed (``(rgb - (1 - alpha) * background) / alpha``). ``downscale``: image downscale (default: the run's);
     ``max_views``: render only that many evenly spaced views. Cameras: :func:`run_cameras`.
+    ``crop_box``: optional ``[2, 3]`` box in the normalised world (default: the scene box), as in
+    :func:`export_mesh`; it is also passed to the renders (``RenderOptions.crop_box``), so surfaces
+    hidden behind cropped-away content are exported too where the scene honours it.
     """
     out = Path(out)
     if out.suffix.lower() != ".ply":
@@ -332,8 +338,10 @@ def export_pointcloud(run, out, *, max_points: int = 1_000_000, downscale: float
     if max_views is not None and len(cams) > max_views:
         cams = cams[[int(i) for i in np.linspace(0, len(cams) - 1, max_views).round()]]
     cams = cams.to(_scene_device(run.scene))
-    box = torch.as_tensor(run.scene_box, dtype=torch.float32).cpu()
-    options = RenderOptions()
+    box = torch.as_tensor(run.scene_box if crop_box is None else crop_box, dtype=torch.float32).cpu().reshape(2, 3)
+    if bool((box[1] <= box[0]).any()):
+        raise ConfigError(f"crop box must have min < max on every axis, got {box.tolist()}", out)
+    options = RenderOptions(crop_box=None if crop_box is None else tuple(tuple(float(v) for v in row) for row in box))
     bg = run.scene.background_tensor(options).float().cpu() if hasattr(run.scene, "background_tensor") else torch.ones(3)
     rng = np.random.default_rng(seed)
     per_view = max(1, int(np.ceil(2 * max_points / len(cams))))
@@ -386,3 +394,130 @@ def write_pointcloud(path, points: np.ndarray, colours: np.ndarray) -> Path:
     )
     atomic_write_bytes(Path(path), header.encode("ascii") + rec.tobytes())
     return Path(path)
+
+
+# -- Gaussian splats -------------------------------------------------------------------------------
+SPLAT_SH_DEGREE = 3  # files carry the 45 f_rest coefficients of degree 3, as the 3DGS code writes them
+SH_C0 = 0.28209479177387814
+
+
+def _rotmat_to_quat(rot: Tensor) -> Tensor:
+    """``[N, 3, 3]`` rotation matrices -> ``[N, 4]`` unit quaternions (w, x, y, z) with w >= 0 (Shepperd's method)."""
+    m = rot
+    diag = torch.stack([1 + m[:, 0, 0] + m[:, 1, 1] + m[:, 2, 2], 1 + m[:, 0, 0] - m[:, 1, 1] - m[:, 2, 2],
+                        1 - m[:, 0, 0] + m[:, 1, 1] - m[:, 2, 2], 1 - m[:, 0, 0] - m[:, 1, 1] + m[:, 2, 2]], -1)
+    big = diag.argmax(-1)
+    r = 0.5 * diag.clamp_min(1e-30).sqrt().gather(1, big[:, None])[:, 0]  # the largest component
+    f = 0.25 / r
+    a, b, c = m[:, 2, 1] - m[:, 1, 2], m[:, 0, 2] - m[:, 2, 0], m[:, 1, 0] - m[:, 0, 1]
+    d, e, g = m[:, 0, 1] + m[:, 1, 0], m[:, 0, 2] + m[:, 2, 0], m[:, 1, 2] + m[:, 2, 1]
+    cand = torch.stack([
+        torch.stack([r, a * f, b * f, c * f], -1),
+        torch.stack([a * f, r, d * f, e * f], -1),
+        torch.stack([b * f, d * f, r, g * f], -1),
+        torch.stack([c * f, e * f, g * f, r], -1),
+    ], 1)
+    q = cand[torch.arange(len(m)), big]
+    q = torch.where(q[:, :1] < 0, -q, q)
+    return q / q.norm(dim=-1, keepdim=True)
+
+
+def _covar_to_scales_quats(covars: Tensor) -> tuple[Tensor, Tensor]:
+    """Eigen-decompose ``[N, 3, 3]`` covariances into scales ``[N, 3]`` and rotations ``[N, 4]`` (float64)."""
+    evals, evecs = torch.linalg.eigh(0.5 * (covars + covars.transpose(1, 2)))
+    flip = torch.linalg.det(evecs) < 0
+    evecs[flip, :, 0] = -evecs[flip, :, 0]  # a proper rotation; the covariance does not change
+    return evals.clamp_min(1e-30).sqrt(), _rotmat_to_quat(evecs)
+
+
+def _sh_basis_matrix(dirs: Tensor, degree: int) -> Tensor:
+    """``[P, K]`` values of the 3DGS real SH basis at unit ``dirs [P, 3]``."""
+    from omnifield.cuda import ops
+
+    k = (degree + 1) ** 2
+    cols = []
+    for j in range(k):
+        coeffs = torch.zeros(len(dirs), k, 3, dtype=dirs.dtype)
+        coeffs[:, j, 0] = 1.0
+        cols.append(ops.spherical_harmonics(degree, dirs, coeffs)[:, 0])
+    return torch.stack(cols, -1)
+
+
+def _rotate_sh(sh: Tensor, linear: Tensor) -> Tensor:
+    """SH coefficients ``[N, K, 3]`` of colours c(d) -> those of c'(d') = c(d) with ``d' = linear d``
+    (``linear`` orthogonal ``[3, 3]``); solved per basis by least squares on many directions (exact:
+    the bases of one degree span a rotation-invariant space)."""
+    degree = math.isqrt(sh.shape[1]) - 1
+    if degree == 0:
+        return sh
+    gen = torch.Generator().manual_seed(0)
+    d = torch.nn.functional.normalize(torch.randn(512, 3, generator=gen, dtype=torch.float64), dim=-1)
+    y_old = _sh_basis_matrix(d, degree)
+    y_new = _sh_basis_matrix(d @ linear.T, degree)
+    t = torch.linalg.lstsq(y_new, y_old).solution  # y_new @ t = y_old, so y_new (t c) = y_old c
+    return torch.einsum("kj,njc->nkc", t, sh)
+
+
+def splat_fields(prims, dataset_from_world: Tensor | None = None) -> dict[str, Tensor]:
+    """The 3DGS ``.ply`` fields of ``GaussianPrimitives``: ``means [N, 3]``, ``log_scales [N, 3]``,
+    ``quats [N, 4]``, ``opacity_logits [N]`` and ``sh [N, 16, 3]`` (float32, CPU).
+
+    Covariances (4DGS slices) are eigen-decomposed into scales and a rotation; precomputed colours
+    become SH DC coefficients (``(rgb - 0.5) / C0``); SH below degree 3 are zero-padded.
+    ``dataset_from_world`` (a ``[4, 4]`` similarity) maps the Gaussians to the dataset's coordinates:
+    means transformed, scales multiplied by its scale, rotations and SH rotated with it.
+    """
+    means = prims.means.detach().double().cpu()
+    n = len(means)
+    covars = None if prims.covars is None else prims.covars.detach().double().cpu()
+    if covars is None:
+        quats = torch.nn.functional.normalize(prims.quats.detach().double().cpu(), dim=-1)
+        scales = prims.scales.detach().double().cpu()
+    if prims.sh is not None:
+        sh = prims.sh.detach().double().cpu()
+    else:
+        sh = ((prims.colors.detach().double().cpu() - 0.5) / SH_C0)[:, None, :]
+    k = (SPLAT_SH_DEGREE + 1) ** 2
+    if sh.shape[1] > k:
+        raise ValueError(f"splat export: sh must have at most {k} coefficients, got {tuple(sh.shape)}")
+    sh = torch.cat([sh, sh.new_zeros(n, k - sh.shape[1], 3)], dim=1)
+    m = None if dataset_from_world is None else torch.as_tensor(dataset_from_world, dtype=torch.float64).cpu()
+    if m is not None and torch.allclose(m, torch.eye(4, dtype=torch.float64), rtol=0.0, atol=1e-12):
+        m = None
+    if m is not None:
+        s = float(torch.linalg.det(m[:3, :3]).abs() ** (1.0 / 3.0))
+        linear = m[:3, :3] / s
+        if covars is None:
+            from omnifield.cuda import ops
+
+            covars = ops.quat_scale_to_covar(quats, scales)
+        covars = (s * s) * linear @ covars @ linear.T
+        means = means @ m[:3, :3].T + m[:3, 3]
+        sh = _rotate_sh(sh, linear)
+    if covars is not None:
+        scales, quats = _covar_to_scales_quats(covars)
+    p = prims.opacities.detach().double().cpu().clamp(1e-12, 1.0 - 1e-7)
+    out = {"means": means, "log_scales": scales.clamp_min(1e-30).log(), "quats": quats,
+           "opacity_logits": torch.log(p) - torch.log1p(-p), "sh": sh}
+    return {name: t.float().contiguous() for name, t in out.items()}
+
+
+def export_splat(scene, path, time: float | None = None, *, world_from_dataset=None) -> Path:
+    """Write the scene's Gaussians (at normalised ``time`` for dynamic scenes) as a standard 3DGS ``.ply``.
+
+    ``scene``: anything with :class:`~omnifield.scenes.base.HasGaussians`. ``world_from_dataset``
+    (a run's, ``[4, 4]``) writes them in the dataset's original coordinates; None keeps the scene's
+    world. Fields: :func:`splat_fields`; file: :func:`omnifield.scenes.splat_ply.write_splat_ply`
+    (atomic).
+    """
+    from omnifield.scenes.splat_ply import write_splat_ply
+
+    path = Path(path)
+    if path.suffix.lower() != ".ply":
+        raise ConfigError(f"splats are written as .ply, got {path.suffix!r}", path)
+    if not isinstance(scene, HasGaussians):
+        raise ConfigError(f"splat export needs Gaussians (HasGaussians); {type(scene).__name__} has none", path)
+    with torch.no_grad():
+        prims = scene.gaussians(time)
+    inverse = None if world_from_dataset is None else torch.linalg.inv(torch.as_tensor(world_from_dataset, dtype=torch.float64))
+    return write_splat_ply(path, **splat_fields(prims, inverse))

@@ -37,6 +37,8 @@ _REGISTRY: dict[str, MethodSpec] = {}
 _BUILTINS = {
     "nerf": "omnifield.scenes.nerf",
     "instant-ngp": "omnifield.scenes.instant_ngp",
+    "3dgs": "omnifield.scenes.gaussian_splatting",
+    "4dgs": "omnifield.scenes.gaussians_4d",
 }
 _scanned = False
 _BROKEN: dict[str, str] = {}

@@ -416,6 +416,9 @@ def load_trainer_state(run_dir: str | Path) -> TrainerState:
 def load_weights(scene, path: str | Path, *, method: str | None = None) -> int:
     """Load ``model.safetensors`` into ``scene`` (strict); returns the checkpoint's step.
 
+    ``scene.prepare_load(weights)`` (when the scene has it) runs first, so scenes whose parameter
+    shapes change in training (Gaussian counts) can resize to the checkpoint.
+
     Raises CheckpointError naming the file when it is missing, corrupt, from another method, or when
     the weight names or shapes do not match the scene.
     """
@@ -426,6 +429,9 @@ def load_weights(scene, path: str | Path, *, method: str | None = None) -> int:
         raise CheckpointError(f"checkpoint of method {meta['method']!r}, not {method!r}", path)
     extra = {k[len(EXTRA_PREFIX):]: v for k, v in tensors.items() if k.startswith(EXTRA_PREFIX)}
     weights = {k: v for k, v in tensors.items() if not k.startswith(EXTRA_PREFIX)}
+    prepare = getattr(scene, "prepare_load", None)
+    if prepare is not None:  # scenes whose sizes change in training (Gaussian counts) resize first
+        prepare(weights)
     expected = scene.state_dict()
     missing = sorted(set(expected) - set(weights))
     unexpected = sorted(set(weights) - set(expected))

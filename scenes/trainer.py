@@ -3,7 +3,9 @@
 One loop for every representation (nerfstudio's ``Trainer`` / instant-ngp's training loop):
 ``scene.on_step_begin -> training_step -> backward -> optimizer.step -> scheduler.step ->
 scene.on_step_end``. Ray batches are drawn uniformly over every training pixel (images may differ
-in size), with a random background per ray when the images have alpha. Runs are deterministic for
+in size), with a random background per ray when the images have alpha; scenes with
+``batch_kind == "images"`` (Gaussian splatting) get whole images instead, walked in a seeded
+random order, with a random background per image. Runs are deterministic for
 a seed, and ``--resume`` reaches the same state as an uninterrupted run.
 """
 
@@ -23,7 +25,7 @@ from torch import Tensor
 
 from omnifield.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from omnifield.scenes import runs
-from omnifield.scenes.base import RayBatch
+from omnifield.scenes.base import ImageBatch, RayBatch
 from omnifield.scenes.configs import apply_overrides
 
 
@@ -147,6 +149,81 @@ class PixelSampler:
         return self.camera_ids[k], uv + offset, rgb, background, alpha
 
 
+class ImageSampler:
+    """Whole training images, drawn in a seeded random order: a new permutation of the training images
+    (from the trainer's generator) every epoch, walked one image at a time.
+
+    Deterministic for a generator seed and resumable: :meth:`state_dict` (the current permutation and
+    position) goes into the checkpoint next to the generator's state. Images stay uint8 until drawn.
+    """
+
+    def __init__(self, data, indices: list[int]):
+        if not indices:
+            raise DataError("no training images", data.root)
+        self.rgb, self.alpha = [], []
+        for i in indices:
+            rgb = data.images.rgb(i)
+            h, w = int(data.cameras.height[i]), int(data.cameras.width[i])
+            if tuple(rgb.shape) != (h, w, 3):
+                raise DataError(f"image {i} is {tuple(rgb.shape[:2])} but its camera says {(h, w)}",
+                                data.images.paths[i] if i < len(data.images.paths) else data.root)
+            self.rgb.append(rgb)
+            self.alpha.append(data.images.alpha(i))
+        self.has_alpha = any(a is not None for a in self.alpha)
+        self.camera_ids = torch.as_tensor(indices, dtype=torch.long)
+        self.background = torch.tensor(data.background, dtype=torch.float32)
+        self.order = torch.arange(len(indices))
+        self.position = len(indices)  # exhausted: the first draw starts a permutation
+
+    def __len__(self) -> int:
+        return len(self.rgb)
+
+    def _next(self, generator: torch.Generator) -> int:
+        if self.position >= len(self.order):
+            self.order = torch.randperm(len(self.rgb), generator=generator)
+            self.position = 0
+        k = int(self.order[self.position])
+        self.position += 1
+        return k
+
+    def sample(self, n: int, generator: torch.Generator, *, random_background: bool = True):
+        """The next ``n`` images of the walk.
+
+        Returns ``(camera_indices [n] (indices into data.cameras), rgb [n, H, W, 3] float target,
+        background [n, 3], alpha [n, H, W, 1] or None)``. With alpha and ``random_background`` each
+        image is re-composited on its own random colour.
+        """
+        picks = [self._next(generator) for _ in range(n)]
+        if len({tuple(self.rgb[k].shape) for k in picks}) > 1:
+            raise DataError("views of different sizes cannot share an image batch (use one view per batch)")
+        rgbs, alphas, bgs = [], [], []
+        for k in picks:
+            rgb = self.rgb[k].float() / 255.0
+            a = self.alpha[k]
+            alpha = None if not self.has_alpha else (a.float() / 255.0 if a is not None else torch.ones_like(rgb[..., :1]))
+            if alpha is not None and random_background:
+                bg = torch.rand(3, generator=generator)
+                rgb = (rgb + (bg - self.background) * (1.0 - alpha)).clamp(0.0, 1.0)
+            else:
+                bg = self.background.clone()
+            rgbs.append(rgb)
+            alphas.append(alpha)
+            bgs.append(bg)
+        alpha = torch.stack(alphas) if self.has_alpha else None
+        return self.camera_ids[picks], torch.stack(rgbs), torch.stack(bgs), alpha
+
+    def state_dict(self) -> dict:
+        """JSON-ready walk state: ``{"order": [...], "position": int}``."""
+        return {"order": [int(k) for k in self.order], "position": int(self.position)}
+
+    def load_state_dict(self, state: dict) -> None:
+        order = [int(k) for k in state["order"]]
+        if sorted(order) != list(range(len(self.rgb))) and order:
+            raise CheckpointError(f"the image-sampler state holds {len(order)} images, the data {len(self.rgb)}")
+        self.order = torch.as_tensor(order, dtype=torch.long) if order else torch.arange(len(self.rgb))
+        self.position = int(state["position"])
+
+
 class Trainer:
     """Trains a Scene on a SceneData, writing checkpoints and metrics to ``run_dir``.
 
@@ -164,7 +241,13 @@ class Trainer:
         self.downscale = int(downscale if downscale is not None else data.metadata.get("downscale", 1))
         self.device = scene.scene_box.device if hasattr(scene, "scene_box") else torch.device("cpu")
         self.cameras = data.cameras.to(self.device)
-        self.sampler = PixelSampler(data, data.split("train"))
+        self.batch_kind = str(getattr(scene, "batch_kind", "rays"))
+        if self.batch_kind == "images":
+            self.sampler = ImageSampler(data, data.split("train"))
+        elif self.batch_kind == "rays":
+            self.sampler = PixelSampler(data, data.split("train"))
+        else:
+            raise ConfigError(f"scene batch_kind must be 'rays' or 'images', got {self.batch_kind!r}")
         self.eval_indices = self._eval_split()
         self.generator = torch.Generator().manual_seed(self.config.seed)
         self.optimizer, self.scheduler = scene.configure_optimizers(self.config.max_steps)
@@ -211,13 +294,25 @@ class Trainer:
         return RayBatch(rays=rays, rgb=rgb.to(self.device), background=bg.to(self.device),
                         alpha=None if alpha is None else alpha.to(self.device))
 
+    def sample_images(self, num_views: int) -> ImageBatch:
+        """An :class:`ImageBatch` of the next ``num_views`` training images (uses the trainer's generator)."""
+        cams, rgb, bg, alpha = self.sampler.sample(num_views, self.generator,
+                                                   random_background=self.config.random_background)
+        cameras = self.cameras[cams.to(self.device)]
+        return ImageBatch(cameras=cameras, indices=cams.to(self.device), rgb=rgb.to(self.device),
+                          background=bg.to(self.device), alpha=None if alpha is None else alpha.to(self.device),
+                          times=cameras.times)
+
     def step(self) -> dict[str, float]:
         """Run one optimisation step; returns the scalar losses. Raises TrainingDiverged on a non-finite loss."""
         with self.lock:
             step = self.global_step
             self.scene.train()
             self.scene.on_step_begin(step)
-            batch = self.sample_batch(int(self.scene.rays_per_batch()))
+            if self.batch_kind == "images":
+                batch = self.sample_images(int(self.scene.views_per_batch()))
+            else:
+                batch = self.sample_batch(int(self.scene.rays_per_batch()))
             losses = self.scene.training_step(batch, step)
             loss = losses["loss"]
             value = float(loss.detach())
@@ -234,7 +329,7 @@ class Trainer:
             self._mutating = False
         out = {k: float(v.detach()) if isinstance(v, Tensor) else float(v)
                for k, v in losses.items() if isinstance(v, (Tensor, int, float)) and (not isinstance(v, Tensor) or v.numel() == 1)}
-        out["rays"] = float(len(batch.rays))
+        out["rays"] = float(len(batch) if isinstance(batch, ImageBatch) else len(batch.rays))  # pixels
         return out
 
     def _diverged(self, step: int, value: float) -> TrainingDiverged:
@@ -251,8 +346,14 @@ class Trainer:
         with self.lock:
             runs.save_checkpoint(self.run_dir, self.scene, self.global_step, optimizer=self.optimizer,
                                  scheduler=self.scheduler, generator=self.generator,
-                                 trainer_extra={"elapsed_seconds": self.elapsed_seconds})
+                                 trainer_extra=self._trainer_extra())
             self.last_checkpoint_step = self.global_step
+
+    def _trainer_extra(self) -> dict:
+        extra = {"elapsed_seconds": self.elapsed_seconds}
+        if isinstance(self.sampler, ImageSampler):
+            extra["image_sampler"] = self.sampler.state_dict()
+        return extra
 
     def resume(self) -> int:
         """Load weights, optimizer, scheduler, RNG states and step from the run directory; returns the step."""
@@ -272,6 +373,8 @@ class Trainer:
         except (ValueError, KeyError, TypeError, RuntimeError) as e:
             raise CheckpointError(f"optimizer state does not fit this scene ({e})", state_path) from None
         runs.restore_rng(state.rng_tensors, state.rng, self.generator)
+        if isinstance(self.sampler, ImageSampler) and "image_sampler" in state.trainer:
+            self.sampler.load_state_dict(state.trainer["image_sampler"])
         self.global_step = step
         self.elapsed_seconds = float(state.trainer.get("elapsed_seconds", 0.0))
         self.last_checkpoint_step = step
@@ -540,5 +643,5 @@ def train_method(method: str, data_path: str | Path | None, **kwargs) -> TrainRe
     return build_trainer(method, data_path, **kwargs).train()
 
 
-__all__ = ["TrainerConfig", "TrainResult", "Trainer", "PixelSampler", "build_trainer", "train_method", "default_run_dir",
+__all__ = ["TrainerConfig", "TrainResult", "Trainer", "PixelSampler", "ImageSampler", "build_trainer", "train_method", "default_run_dir",
            "pick_device"]

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from omnifield.datasets.cameras import Cameras
 from omnifield.errors import ConfigError
-from omnifield.scenes.base import RenderOptions
+from omnifield.scenes.base import RenderOptions, TimeVarying
 from omnifield.scenes.camera_paths import load_camera_path
 
 # Turbo (Mikhailov 2019, Google), polynomial approximation of the colour map, exact to ~1e-2.
@@ -122,15 +122,35 @@ def _progress(description: str, enabled: bool):
                     TimeRemainingColumn(), disable=not enabled)
 
 
+def frame_times(scene, cameras: Cameras, time: float | None = None) -> Tensor | None:
+    """``[F]`` the time each frame of a camera path is rendered at, or None for a static scene.
+
+    ``time`` given: every frame at that time (the scene must be :class:`TimeVarying`). Otherwise the
+    path's own times when its keyframes carry them (``cameras.times``), else, for a ``TimeVarying``
+    scene, times going linearly over its ``time_range`` (first frame at the start, last at the end).
+    """
+    if time is not None:
+        if not isinstance(scene, TimeVarying):
+            raise ConfigError(f"a time was given but {type(scene).__name__} does not vary in time")
+        return torch.full((len(cameras),), float(time))
+    if cameras.times is not None:
+        return cameras.times.detach().float().cpu()
+    if isinstance(scene, TimeVarying):
+        t0, t1 = (float(t) for t in scene.time_range)
+        return torch.linspace(t0, t1, len(cameras)) if len(cameras) > 1 else torch.full((len(cameras),), t0)
+    return None
+
+
 def render_path(run, path_spec, out=None, frames_dir=None, num_frames: int = 120, downscale: float | None = None,
                 fps: float = 30, channel: str = "rgb", *, options: RenderOptions | None = None,
-                progress: bool = True) -> Path:
+                progress: bool = True, time: float | None = None) -> Path:
     """Render a camera path with ``run.scene.render`` into an MP4 (``out``) or PNG frames (``frames_dir``).
 
     ``path_spec``: a :class:`Cameras` batch (normalised world), a path name (``orbit``, ``spiral``,
     ``dataset``, ``train``/``val``/``test``) or a camera-path JSON (see
     :func:`~omnifield.scenes.camera_paths.load_camera_path`). ``downscale``: divide the cameras'
     resolution by this factor. Default output: ``run.path / "renders" / "<name>_<channel>.mp4"``.
+    Time-varying scenes sweep time over the path (see :func:`frame_times`; ``time`` fixes one time).
     Returns the video file or the frames folder.
     """
     if isinstance(path_spec, Cameras):
@@ -145,6 +165,7 @@ def render_path(run, path_spec, out=None, frames_dir=None, num_frames: int = 120
             raise ConfigError("render_path: give out= or frames_dir= (the run has no directory)")
         out = Path(run.path) / "renders" / f"{name}_{channel}.mp4"
     device = next((t.device for t in list(run.scene.parameters()) + list(run.scene.buffers())), torch.device("cpu"))
+    times = frame_times(run.scene, cams, time)
     cams = cams.to(device)
     bounds: list = [None]
 
@@ -152,8 +173,8 @@ def render_path(run, path_spec, out=None, frames_dir=None, num_frames: int = 120
         with _progress(f"rendering {name} ({channel})", progress) as bar:
             task = bar.add_task("render", total=len(cams))
             for c in range(len(cams)):
-                time = None if cams.times is None else float(cams.times[c])
-                o = run.scene.render(cams[c], time=time, options=options or RenderOptions())[0]
+                t = None if times is None else float(times[c])
+                o = run.scene.render(cams[c], time=t, options=options or RenderOptions())[0]
                 if channel == "depth" and bounds[0] is None:
                     bounds[0] = depth_range(o.depth, o.alpha)
                 yield to_frame(o, channel, bounds[0])

@@ -9,8 +9,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import imageio.v3 as iio
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -63,29 +61,6 @@ def tiny(monkeypatch):
         "test-cli-other", TinyConfig, lambda c, d: OtherTiny(c, d.scene_box)))
 
 
-def write_blender(root: Path, n: int = 6, size: int = 8) -> Path:
-    """Blender-format fixture: RGBA PNGs of a smooth colour gradient; every 3rd frame is test."""
-    root.mkdir(parents=True, exist_ok=True)
-    frames = {"train": [], "test": []}
-    yy, xx = np.mgrid[0:size, 0:size] / size
-    for k in range(n):
-        a = 2 * math.pi * k / n
-        pos = np.array([4 * math.cos(a), 4 * math.sin(a), 1.0])
-        z = pos / np.linalg.norm(pos)
-        x = np.cross([0.0, 0.0, 1.0], z)
-        x /= np.linalg.norm(x)
-        m = np.eye(4)
-        m[:3, 0], m[:3, 1], m[:3, 2], m[:3, 3] = x, np.cross(z, x), z, pos
-        split = "test" if k % 3 == 0 else "train"
-        (root / split).mkdir(exist_ok=True)
-        img = np.stack([xx, yy, 0.5 + 0 * xx, 0.5 + 0.5 * (xx > 0.3)], -1)
-        iio.imwrite(root / split / f"r_{k}.png", (img * 255).astype(np.uint8))
-        frames[split].append({"file_path": f"./{split}/r_{k}", "transform_matrix": m.tolist()})
-    for split, fr in frames.items():
-        (root / f"transforms_{split}.json").write_text(json.dumps({"camera_angle_x": 0.7, "frames": fr}))
-    return root
-
-
 def run_cli(args, capsys):
     code = main([str(a) for a in args])
     out, err = capsys.readouterr()
@@ -111,19 +86,19 @@ def test_methods(tiny, capsys):
     assert code == 0 and "test-cli-tiny" in out and "a test scene" in out
 
 
-def test_data_info_console_script(tmp_path):
-    root = write_blender(tmp_path / "data")
+def test_data_info_console_script(tmp_path, blender_dataset):
+    root = blender_dataset(tmp_path / "data", image="gradient")
     r = subprocess.run([OMNIFIELD, "data", "info", str(root)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "blender" in r.stdout and "cameras:" in r.stdout and "6" in r.stdout
 
 
-def test_bad_inputs_give_one_line_and_exit_2(tmp_path, tiny, capsys):
+def test_bad_inputs_give_one_line_and_exit_2(tmp_path, tiny, capsys, blender_dataset):
     # missing folder
     code, _, err = run_cli(["data", "info", tmp_path / "missing"], capsys)
     assert code == 2 and "missing" in one_error_line(err)
     # malformed JSON
-    root = write_blender(tmp_path / "bad")
+    root = blender_dataset(tmp_path / "bad", image="gradient")
     (root / "transforms_train.json").write_text('{"camera_angle_x": 0.7, "frames": [')
     code, _, err = run_cli(["data", "info", root], capsys)
     assert code == 2 and "transforms_train.json" in one_error_line(err)
@@ -131,7 +106,7 @@ def test_bad_inputs_give_one_line_and_exit_2(tmp_path, tiny, capsys):
     code, _, err = run_cli(["train", "no-such-method", "--data", root], capsys)
     assert code == 2 and "no-such-method" in one_error_line(err)
     # truncated checkpoint
-    run = _train_tiny(tmp_path, capsys)
+    run = _train_tiny(tmp_path, capsys, blender_dataset)
     model = run / "model.safetensors"
     model.write_bytes(model.read_bytes()[:50])
     code, _, err = run_cli(["eval", run], capsys)
@@ -156,10 +131,10 @@ def test_debug_shows_traceback(tmp_path, capsys):
     assert code == 2 and "Traceback" in err
 
 
-def _train_tiny(tmp_path, capsys, *extra, steps=4):
+def _train_tiny(tmp_path, capsys, blender_dataset, *extra, steps=4):
     root = tmp_path / "data"
     if not root.exists():
-        write_blender(root)
+        blender_dataset(root, image="gradient")
     run = tmp_path / "run"
     code, out, err = run_cli(["train", "test-cli-tiny", "--data", root, "--out", run, "--max-steps", steps,
                               "--no-progress", "--device", "cpu", *extra], capsys)
@@ -167,8 +142,8 @@ def _train_tiny(tmp_path, capsys, *extra, steps=4):
     return run
 
 
-def test_train_eval_resume(tmp_path, tiny, capsys):
-    run = _train_tiny(tmp_path, capsys, "--set", "hidden=5", "--eval-every", "2")
+def test_train_eval_resume(tmp_path, tiny, capsys, blender_dataset):
+    run = _train_tiny(tmp_path, capsys, blender_dataset, "--set", "hidden=5", "--eval-every", "2")
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["scene_config"]["hidden"] == 5 and cfg["trainer_config"]["max_steps"] == 4
     code, out, err = run_cli(["eval", run, "--out", tmp_path / "m.json", "--split", "test", "--per-image"], capsys)
@@ -189,8 +164,8 @@ def test_train_eval_resume(tmp_path, tiny, capsys):
     assert code == 2 and str(run / "config.json") in one_error_line(err)
 
 
-def test_bad_override_and_ctrl_c(tmp_path, tiny, capsys, monkeypatch):
-    root = write_blender(tmp_path / "data")
+def test_bad_override_and_ctrl_c(tmp_path, tiny, capsys, monkeypatch, blender_dataset):
+    root = blender_dataset(tmp_path / "data", image="gradient")
     code, _, err = run_cli(["train", "test-cli-tiny", "--data", root, "--set", "hidden=many"], capsys)
     assert code == 2 and "hidden" in one_error_line(err)
 
@@ -202,13 +177,13 @@ def test_bad_override_and_ctrl_c(tmp_path, tiny, capsys, monkeypatch):
     assert code == 130
 
 
-def test_instant_ngp_smoke(tmp_path, capsys):
+def test_instant_ngp_smoke(tmp_path, capsys, blender_dataset):
     try:
         spec = registry.get_method("instant-ngp")
     except Exception as e:  # noqa: BLE001 - the scene may not be written yet
         pytest.skip(f"instant-ngp is not available yet ({e})")
     assert spec.name == "instant-ngp"
-    root = write_blender(tmp_path / "data")
+    root = blender_dataset(tmp_path / "data", image="gradient")
     run = tmp_path / "run"
     small = ["grid_resolution=16", "n_levels=4", "log2_hashmap_size=12", "max_resolution=64"]  # CPU-cheap
     code, out, err = run_cli(["train", "instant-ngp", "--data", root, "--out", run, "--max-steps", 2,

@@ -595,3 +595,36 @@ def test_format_override_and_bad_options(tmp_path):
         load_scene(tmp_path, downscale=0)
     with pytest.raises(ValueError, match="unknown format"):
         load_scene(tmp_path, format="obj")
+
+
+# ----------------------------------------------------------------------------- sparse points next to transforms
+
+
+def _write_points_ply(path: Path, xyz: np.ndarray, rgb: np.ndarray) -> None:
+    import trimesh
+
+    trimesh.PointCloud(xyz, colors=np.concatenate([rgb, np.full((len(rgb), 1), 255, np.uint8)], 1)).export(str(path))
+
+
+def test_points_ply_next_to_transforms(tmp_path):
+    rng = np.random.default_rng(0)
+    xyz = rng.uniform(-1, 1, (50, 3)).astype(np.float32)
+    rgb = rng.integers(0, 256, (50, 3)).astype(np.uint8)
+    blender, ngp = tmp_path / "blender", tmp_path / "ngp"
+    write_blender(blender)
+    _write_points_ply(blender / "points3d.ply", xyz, rgb)
+    data = load_scene(blender)
+    torch.testing.assert_close(data.points, torch.from_numpy(xyz))  # Blender: world = dataset
+    assert torch.equal(data.point_colors, torch.from_numpy(rgb))
+    write_ngp(ngp)
+    _write_points_ply(ngp / "points3D.ply", xyz, rgb)
+    data = load_scene(ngp)
+    torch.testing.assert_close(data.points, data.to_world(torch.from_numpy(xyz)))  # ngp: world = 0.33 x
+    torch.testing.assert_close(data.points, 0.33 * torch.from_numpy(xyz))
+
+
+def test_bad_points_ply_names_the_file(tmp_path):
+    write_blender(tmp_path)
+    (tmp_path / "points3d.ply").write_bytes(b"ply\nformat nonsense\n")
+    with pytest.raises(DataError, match="points3d.ply"):
+        load_scene(tmp_path)

@@ -206,6 +206,28 @@ def test_export_pointcloud_lands_on_the_surface_in_dataset_coordinates(tmp_path)
         export_pointcloud(run, tmp_path / "points.xyz")
 
 
+def test_export_pointcloud_keeps_only_points_inside_the_crop_box(tmp_path):
+    import open3d as o3d
+
+    class Recording(SphereScene):
+        crops: list = []
+
+        def render(self, cameras, time=None, options=None):
+            self.crops.append(None if options is None else options.crop_box)
+            return super().render(cameras, time, options)
+
+    run = FakeRun(Recording())
+    crop = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 0.1, 0.2]])  # cuts the sphere on two sides
+    out = export_pointcloud(run, tmp_path / "crop.ply", max_points=2000, crop_box=crop)
+    world = to_world(run.world_from_dataset, np.asarray(o3d.io.read_point_cloud(str(out)).points))
+    assert len(world) > 200
+    assert (world >= crop[0].numpy() - 1e-4).all() and (world <= crop[1].numpy() + 1e-4).all()
+    assert world[:, 1].max() > 0.0 and world[:, 2].max() > 0.1  # the points reach the crop's faces
+    assert set(Recording.crops) == {tuple(tuple(r) for r in crop.tolist())}  # the renders were cropped too
+    with pytest.raises(ConfigError, match="crop box"):
+        export_pointcloud(run, tmp_path / "bad.ply", crop_box=crop.flip(0))
+
+
 def test_chamfer_of_identical_meshes_is_zero_and_of_a_shifted_mesh_is_the_shift():
     import trimesh
 

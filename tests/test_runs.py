@@ -9,8 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import imageio.v3 as iio
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -72,39 +70,14 @@ def methods(monkeypatch):
         "test-runs-other", ColorConfig, lambda c, d: OtherScene(c, d.scene_box)))
 
 
-def write_blender(root: Path, poses_idx=None, n=6, size=8) -> Path:
-    """A Blender-format folder: RGBA PNGs and transforms_{train,test}.json (every 3rd frame is test)."""
-    rng = np.random.default_rng(0)
-    root.mkdir(parents=True, exist_ok=True)
-    idx = list(range(n)) if poses_idx is None else list(poses_idx)
-    frames = {"train": [], "test": []}
-    for k in idx:
-        a = 2 * math.pi * k / n
-        pos = np.array([4 * math.cos(a), 4 * math.sin(a), 1.0])
-        z = pos / np.linalg.norm(pos)  # OpenGL: the camera looks along -z
-        x = np.cross([0.0, 0.0, 1.0], z)
-        x /= np.linalg.norm(x)
-        y = np.cross(z, x)
-        m = np.eye(4)
-        m[:3, 0], m[:3, 1], m[:3, 2], m[:3, 3] = x, y, z, pos
-        split = "test" if k % 3 == 0 else "train"
-        (root / split).mkdir(exist_ok=True)
-        img = rng.integers(0, 256, (size, size, 4), dtype=np.uint8)
-        iio.imwrite(root / split / f"r_{k}.png", img)
-        frames[split].append({"file_path": f"./{split}/r_{k}", "transform_matrix": m.tolist()})
-    for split, fr in frames.items():
-        (root / f"transforms_{split}.json").write_text(json.dumps({"camera_angle_x": 0.7, "frames": fr}))
-    return root
-
-
 def _data(root):
     from omnifield.datasets.load import load_scene
 
     return load_scene(root)
 
 
-def _train(tmp_path, steps=3, name="run", world=None):
-    data = _data(write_blender(tmp_path / "data"))
+def _train(tmp_path, blender_dataset, steps=3, name="run", world=None):
+    data = _data(blender_dataset(tmp_path / "data"))
     if world is not None:  # as a parser that normalises the cameras would do
         data = data.with_world(world, data.scene_box)
     torch.manual_seed(0)
@@ -126,8 +99,8 @@ def test_crash_mid_write_keeps_previous_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]  # no temporary file left behind
 
 
-def test_crash_while_saving_checkpoint_keeps_previous_weights(tmp_path, methods, monkeypatch):
-    run, scene, _ = _train(tmp_path)
+def test_crash_while_saving_checkpoint_keeps_previous_weights(tmp_path, methods, monkeypatch, blender_dataset):
+    run, scene, _ = _train(tmp_path, blender_dataset)
     before = (run / "model.safetensors").read_bytes()
     with torch.no_grad():
         for p in scene.parameters():
@@ -145,8 +118,8 @@ def test_crash_while_saving_checkpoint_keeps_previous_weights(tmp_path, methods,
 
 
 # -- checkpoints -----------------------------------------------------------------------------------
-def test_trainer_state_is_json_and_safetensors_only(tmp_path, methods):
-    run, _, _ = _train(tmp_path)
+def test_trainer_state_is_json_and_safetensors_only(tmp_path, methods, blender_dataset):
+    run, _, _ = _train(tmp_path, blender_dataset)
     state = json.loads((run / "trainer_state.json").read_text())
     assert state["step"] == 3 and state["method"] == "test-runs-color"
     tensors, meta = runs.read_safetensors(run / "trainer_state.safetensors")
@@ -156,8 +129,8 @@ def test_trainer_state_is_json_and_safetensors_only(tmp_path, methods):
     assert set(st.optimizer) == {"state", "param_groups"} and isinstance(st.optimizer["param_groups"][0]["betas"], tuple)
 
 
-def test_load_run_without_the_dataset(tmp_path, methods):
-    run_dir, scene, data = _train(tmp_path)
+def test_load_run_without_the_dataset(tmp_path, methods, blender_dataset):
+    run_dir, scene, data = _train(tmp_path, blender_dataset)
     shutil.rmtree(tmp_path / "data")
     run = runs.load_run(run_dir)
     assert run.method == "test-runs-color" and run.step == 3 and run.downscale == 1
@@ -173,17 +146,17 @@ def test_load_run_without_the_dataset(tmp_path, methods):
     assert out.rgb.shape == (8, 8, 3)
 
 
-def test_run_load_data_uses_the_run_world(tmp_path, methods):
+def test_run_load_data_uses_the_run_world(tmp_path, methods, blender_dataset):
     c, si = math.cos(0.3), math.sin(0.3)
     world = torch.tensor([[0.5 * c, -0.5 * si, 0, 0.1], [0.5 * si, 0.5 * c, 0, -0.2], [0, 0, 0.5, 0.3], [0, 0, 0, 1]])
-    run_dir, _, data = _train(tmp_path, world=world)
+    run_dir, _, data = _train(tmp_path, blender_dataset, world=world)
     run = runs.load_run(run_dir)
     torch.testing.assert_close(run.world_from_dataset, world)
     same = run.load_data(split="test")
     torch.testing.assert_close(same.cameras.c2w, data.cameras.c2w, atol=1e-5, rtol=0)
     assert same.near == data.near and same.far == data.far
     # another folder (frames 0-3 only, same original coordinates) lands in the run's world too
-    other_root = write_blender(tmp_path / "other", poses_idx=[0, 1, 2, 3], n=6)
+    other_root = blender_dataset(tmp_path / "other", frames=[0, 1, 2, 3], n=6)
     other = run.load_data(path=other_root)
     own = _data(other_root)
     assert not torch.allclose(own.cameras.c2w, other.cameras.c2w, atol=1e-3)
@@ -193,8 +166,8 @@ def test_run_load_data_uses_the_run_world(tmp_path, methods):
         run.load_data(split="nope")
 
 
-def test_truncated_checkpoint_names_the_file(tmp_path, methods):
-    run, _, _ = _train(tmp_path)
+def test_truncated_checkpoint_names_the_file(tmp_path, methods, blender_dataset):
+    run, _, _ = _train(tmp_path, blender_dataset)
     path = run / "model.safetensors"
     path.write_bytes(path.read_bytes()[:-100])
     with pytest.raises(CheckpointError) as e:
@@ -207,10 +180,10 @@ def test_truncated_checkpoint_names_the_file(tmp_path, methods):
     assert e.value.path == tpath
 
 
-def test_missing_and_malformed_files(tmp_path, methods):
+def test_missing_and_malformed_files(tmp_path, methods, blender_dataset):
     with pytest.raises(CheckpointError, match="does not exist"):
         runs.load_run(tmp_path / "nope")
-    run, _, _ = _train(tmp_path)
+    run, _, _ = _train(tmp_path, blender_dataset)
     (run / "model.safetensors").unlink()
     with pytest.raises(CheckpointError) as e:
         runs.load_run(run)
@@ -221,8 +194,8 @@ def test_missing_and_malformed_files(tmp_path, methods):
     assert e.value.path == run / "config.json" and "malformed JSON" in str(e.value)
 
 
-def test_checkpoint_of_another_method(tmp_path, methods):
-    run, _, data = _train(tmp_path)
+def test_checkpoint_of_another_method(tmp_path, methods, blender_dataset):
+    run, _, data = _train(tmp_path, blender_dataset)
     with pytest.raises(CheckpointError) as e:
         runs.load_run(run, expect_method="test-runs-other")
     assert e.value.path == run / "config.json" and "test-runs-color" in str(e.value)
@@ -240,8 +213,8 @@ def test_checkpoint_of_another_method(tmp_path, methods):
         trainer.resume()
 
 
-def test_mismatched_checkpoint_files_are_refused(tmp_path, methods):
-    run, scene, data = _train(tmp_path)
+def test_mismatched_checkpoint_files_are_refused(tmp_path, methods, blender_dataset):
+    run, scene, data = _train(tmp_path, blender_dataset)
     runs.save_checkpoint(run, scene, 7)  # weights only: trainer_state still says step 3
     trainer = Trainer(scene, data, TrainerConfig(progress=False), run)
     with pytest.raises(CheckpointError, match="step 7"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -102,10 +103,22 @@ class Sphere(Scene):
         return RenderOutput(rgb=col * a + background * (1 - a), alpha=a, depth=torch.where(hit, t, 0.0)[:, None])
 
 
-def sphere_source():
+def sphere_source(cameras: int = 0):
+    """The :class:`Sphere` as a source; with ``cameras`` > 0, a run-like source with that many training
+    cameras on a ring around it (what point-cloud export renders)."""
+    from omnifield.datasets.cameras import Cameras
+    from omnifield.scenes.camera_paths import look_at
+    from omnifield.scenes.runs import SceneInfo
     from omnifield.viewer.sources import SceneSource
 
-    return SceneSource(Sphere(), name="sphere")
+    if cameras == 0:
+        return SceneSource(Sphere(), name="sphere")
+    ring = [look_at((2.5 * math.cos(a), 2.5 * math.sin(a), 0.8), (0, 0, 0))
+            for a in np.linspace(0, 2 * math.pi, cameras, endpoint=False)]
+    cams = Cameras.create(torch.stack(ring), 40.0, 40.0, 16.0, 16.0, 32, 32)
+    info = SceneInfo(root=Path("."), format="test", cameras=cams, splits={"train": list(range(cameras))},
+                     scene_box=torch.tensor([[-1.0, -1, -1], [1, 1, 1]]))
+    return SceneSource(Sphere(), info, name="sphere")
 
 
 def viewer_for(source, **config):
@@ -237,6 +250,7 @@ def test_frusta_path_json_round_trip_and_video(xvfb, ngp_run, tmp_path, tol):
     from omnifield.viewer.sources import open_source
 
     with viewer_for(open_source(ngp_run, device="cpu"), width=32, height=32) as v:
+        v.zoom(3.0)  # from afar: the dataset cameras are in view
         v.step_ui(2)
         assert len(v.dpg.get_item_children(v.ui.overlay, 2)) > 0  # dataset frusta drawn
         v.snap_to_camera(1)
@@ -261,19 +275,56 @@ def test_frusta_path_json_round_trip_and_video(xvfb, ngp_run, tmp_path, tol):
     assert len(frames) == 5 and frames[0].shape == (32, 32, 3)
 
 
-def test_mesh_export_respects_the_crop_box(xvfb, tmp_path):
+def test_exports_respect_the_crop_box(xvfb, tmp_path):
     import trimesh
 
-    with viewer_for(sphere_source()) as v:
+    with viewer_for(sphere_source(cameras=6)) as v:
         v.set_crop([[-1.0, -1.0, -1.0], [1.0, 1.0, 0.0]])
-        fut = v.export_mesh(tmp_path / "half.ply", resolution=24)
+        mesh_job = v.export_mesh(tmp_path / "half.ply", resolution=24)
+        points_job = v.export_pointcloud(tmp_path / "half-points.ply")
         v.wait_jobs(60)
         assert v.wait_idle(20)
         v.screenshot(tmp_path / "shot.png")
-    mesh = trimesh.load(fut.result(), process=False)
+    mesh = trimesh.load(mesh_job.result(), process=False)
     assert len(mesh.faces) > 0
     assert mesh.vertices[:, 2].max() < 0.1 and mesh.vertices[:, 2].min() < -0.4  # the lower half only
+    points = np.asarray(trimesh.load(points_job.result(), process=False).vertices)  # world = dataset coordinates here
+    assert len(points) > 100 and points[:, 2].max() <= 1e-4 and points[:, 2].min() < -0.3
     assert (tmp_path / "shot.png").is_file()
+
+
+def test_frusta_show_their_images_when_asked(xvfb, tmp_path, blender_dataset):
+    from omnifield.viewer import camera as vc
+    from omnifield.viewer.sources import open_source
+
+    colour = np.array([250, 20, 240])  # magenta: neither the frusta, the camera-centre points nor white
+
+    def share(img):  # fraction of pixels of the image's colour
+        return float((np.abs(img.astype(int) - colour).max(-1) < 40).mean())
+
+    source = open_source(blender_dataset(tmp_path / "data", n=4, image=tuple(colour)))
+    with viewer_for(source) as v:
+        behind = vc.fly(vc.from_cameras(source.dataset_cameras, 0), -v.frustum_scale, 0.0, 0.0)
+        v.set_camera(behind)  # camera 0's image fills the middle half of the view
+        assert v.wait_idle(20)
+        assert share(v.view_pixels()) == 0.0
+        v.set_show_frustum_images(True)
+        v.wait_jobs(30)
+        v.step_ui(3)
+        shown = v.view_pixels()
+        assert share(shown[14:34, 22:42]) > 0.6 and share(shown) > 0.08  # the frustum's lines cross it
+
+        def quads():
+            return sum("ImageQuad" in v.dpg.get_item_type(i) for i in v.dpg.get_item_children(v.ui.overlay, 2))
+
+        assert quads() >= 1
+        v.set_camera(vc.look(behind, math.pi, 0.0))  # turn around: the cameras are behind the view
+        v.step_ui(3)
+        assert share(v.view_pixels()) == 0.0 and quads() == 0
+        v.set_camera(behind)
+        v.set_show_frustum_images(False)
+        v.step_ui(3)
+        assert share(v.view_pixels()) == 0.0
 
 
 def test_live_training_pause_resume_and_close_saves(xvfb, synth_data, tiny_method, tmp_path):

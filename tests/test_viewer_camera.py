@@ -16,11 +16,14 @@ from omnifield.viewer.camera import (
     default_view,
     fly,
     from_cameras,
+    frustum_corners,
     frustum_lines,
+    frustum_segments,
     look,
     look_at_np,
     orbit,
     pan,
+    project_points,
     project_segments,
     to_cameras,
     with_fov,
@@ -223,6 +226,29 @@ def test_frustum_lines_shape_and_geometry(tol):
     # Corners project to the image corners.
     pix, _ = cams[0].project(torch.from_numpy(lines[:4, 1]))
     np.testing.assert_allclose(pix[0].numpy(), [[0, 0], [64, 0], [64, 48], [0, 48]], atol=tol["camera_pixels"]["atol"])
+
+
+def test_frustum_corners_and_the_overlay_polyline(tol):
+    from omnifield.viewer.panels import FRUSTUM_PATH
+
+    cams = Cameras.create(torch.stack([look_at((2, 0, 0), (0, 0, 0)), look_at((0, 2, 0), (0, 0, 0))]), 40, 40, 32, 24, 64, 48)
+    pts = frustum_corners(cams, 0.5)
+    assert pts.shape == (2, 5, 3)
+    np.testing.assert_allclose(frustum_segments(pts), frustum_lines(cams, 0.5), atol=tol["float32"]["atol"])
+    # The polyline passes every frustum edge but the top one (tl-tr, drawn highlighted) exactly once.
+    edges = sorted(tuple(sorted(e)) for e in zip(FRUSTUM_PATH, FRUSTUM_PATH[1:]))
+    assert edges == sorted([(0, 1), (0, 2), (0, 3), (0, 4), (2, 3), (3, 4), (1, 4)])
+
+
+def test_project_points_matches_cameras_project(tol):
+    cam = _cam()
+    pts = np.random.default_rng(0).uniform(-1, 1, (20, 3))
+    pix, z = project_points(cam, W, H, pts)
+    ref, zr = to_cameras(cam, W, H).project(torch.from_numpy(pts).float())
+    np.testing.assert_allclose(pix, ref[0].double().numpy(), atol=tol["camera_pixels"]["atol"])
+    np.testing.assert_allclose(z, zr[0].double().numpy(), atol=tol["float32"]["atol"], rtol=tol["float32"]["rtol"])
+    _, z_behind = project_points(cam, W, H, 2 * cam.eye - cam.target)
+    assert z_behind[0] < 0
 
 
 def test_project_segments_clips_behind_the_camera(tol):

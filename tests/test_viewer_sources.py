@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import math
+import shutil
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 
-import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
@@ -108,6 +105,46 @@ def test_scene_source_holds_the_lock_renders_in_eval_mode_and_passes_options_and
     assert not lock.locked()
 
 
+class RasterScene(Scene):
+    """A scene that overrides ``render`` (as rasterizers do) and records its calls; ``render_rays`` is
+    only there to check that the source does not prefer it over the scene's own ``render``."""
+
+    method = "test-viewer-raster"
+    time_range = (0.0, 1.0)
+
+    def __init__(self, lock=None):
+        super().__init__(DirConfig(), torch.tensor([[-1.0] * 3, [1.0] * 3]))
+        self.calls: list[dict] = []
+        self.lock = lock
+
+    def render(self, cameras, time=None, options=None):
+        self.calls.append(dict(n=len(cameras), time=time, options=options, training=self.training,
+                               locked=None if self.lock is None else self.lock.locked()))
+        h, w = int(cameras.height[0]), int(cameras.width[0])
+        rgb = torch.full((h, w, 3), 0.25 if time is None else float(time))
+        return [RenderOutput(rgb=rgb, alpha=torch.ones(h, w, 1), depth=torch.ones(h, w, 1))]
+
+    def render_rays(self, rays, background, options=None):
+        raise AssertionError("the viewer must render this scene through scene.render")
+
+
+def test_scene_source_renders_scenes_that_override_render_in_one_call():
+    lock = threading.Lock()
+    scene = RasterScene(lock=lock)
+    scene.train(True)
+    src = SceneSource(scene, lock=lock)
+    assert src.channels == ("rgb", "alpha", "depth") and src.time_range == (0.0, 1.0)
+    scene.calls.clear()
+    options = RenderOptions(chunk=7, crop_box=((-0.5,) * 3, (0.5,) * 3), background=(0.0, 0.0, 1.0), step_scale=2.0)
+    out = src.render(_view_cams(), 0.75, options, NEVER, lock=lock)
+    assert out.rgb.shape == (9, 12, 3) and torch.all(out.rgb == 0.75)
+    assert len(scene.calls) == 1  # one call, not ray chunks
+    call = scene.calls[0]
+    assert call["n"] == 1 and call["time"] == 0.75 and call["options"] is options
+    assert call["locked"] and not call["training"] and scene.training
+    assert src.render(_view_cams(), 0.75, options, lambda: True) is None and len(scene.calls) == 1
+
+
 def test_point_source_renders_and_crops():
     pts = torch.tensor([[0.0, 0.0, 0.0], [0.5, 0.5, 0.5]])
     src = PointSource(pts, torch.tensor([[255, 0, 0], [0, 255, 0]], dtype=torch.uint8), "two")
@@ -191,32 +228,32 @@ def test_open_bad_paths_name_the_file(tmp_path):
         open_source(tmp_path / "empty")
 
 
-def _write_blender(root: Path, n=4, size=8) -> Path:
-    rng = np.random.default_rng(0)
-    frames = {"train": [], "test": []}
-    for k in range(n):
-        a = 2 * math.pi * k / n
-        pos = np.array([4 * math.cos(a), 4 * math.sin(a), 1.0])
-        z = pos / np.linalg.norm(pos)
-        x = np.cross([0.0, 0.0, 1.0], z)
-        x /= np.linalg.norm(x)
-        m = np.eye(4)
-        m[:3, 0], m[:3, 1], m[:3, 2], m[:3, 3] = x, np.cross(z, x), z, pos
-        split = "test" if k % 3 == 0 else "train"
-        (root / split).mkdir(parents=True, exist_ok=True)
-        iio.imwrite(root / split / f"r_{k}.png", rng.integers(0, 256, (size, size, 4), dtype=np.uint8))
-        frames[split].append({"file_path": f"./{split}/r_{k}", "transform_matrix": m.tolist()})
-    for split, fr in frames.items():
-        (root / f"transforms_{split}.json").write_text(json.dumps({"camera_angle_x": 0.7, "frames": fr}))
-    return root
-
-
-def test_open_dataset_folder_shows_camera_centres_and_frusta(tmp_path):
-    src = open_source(_write_blender(tmp_path / "data"))
+def test_open_dataset_folder_shows_camera_centres_and_frusta(tmp_path, blender_dataset):
+    src = open_source(blender_dataset(tmp_path / "data", n=4))
     assert isinstance(src, PointSource)
     assert src.dataset_cameras is not None and len(src.dataset_cameras) == 4
     torch.testing.assert_close(src.points, src.dataset_cameras.c2w[:, :3, 3])
     assert src.stats()["showing"] == "camera centres"
+    assert src.dataset_images(2).shape == (8, 8, 3) and src.dataset_images(2).dtype == np.uint8
+    solid = open_source(blender_dataset(tmp_path / "solid", n=4, image=(250, 20, 240)))
+    assert all((solid.dataset_images(i) == (250, 20, 240)).all() for i in range(4))
+    assert PointSource(torch.zeros(1, 3)).dataset_images is None
+
+
+def test_thumbnails_average_areas_and_keep_small_images():
+    from omnifield.viewer.panels import load_thumbnails, thumbnail
+
+    img = np.zeros((200, 100, 3), np.uint8)
+    img[:, 50:] = 200  # right half bright
+    t = thumbnail(img, 64)
+    assert t.shape == (64, 32, 3) and t.dtype == np.uint8
+    assert (t[:, :16] == 0).all() and (t[:, 16:] == 200).all()
+    odd = thumbnail(np.full((130, 7, 4), 9, np.uint8), 64)  # long and thin, RGBA in
+    assert odd.shape == (64, 3, 3) and (odd == 9).all()
+    small = np.arange(48, dtype=np.uint8).reshape(4, 4, 3)
+    np.testing.assert_array_equal(thumbnail(small), small)
+    thumbs = load_thumbnails(lambda i: np.full((100, 80, 3), i, np.uint8), 3)
+    assert [t.shape for t in thumbs] == [(64, 51, 3)] * 3 and [int(t[0, 0, 0]) for t in thumbs] == [0, 1, 2]
 
 
 @pytest.fixture
@@ -229,11 +266,11 @@ def dir_method(monkeypatch):
                         MethodSpec("test-viewer-dir", DirConfig, lambda c, d: DirScene(c, d.scene_box)))
 
 
-def test_open_run_directory(tmp_path, dir_method):
+def test_open_run_directory(tmp_path, dir_method, blender_dataset):
     from omnifield.datasets.load import load_scene
     from omnifield.scenes.trainer import Trainer, TrainerConfig
 
-    data = load_scene(_write_blender(tmp_path / "data"))
+    data = load_scene(blender_dataset(tmp_path / "data", n=4))
     scene = DirScene(DirConfig(), data.scene_box)
     cfg = TrainerConfig(max_steps=1, eval_every=0, checkpoint_every=0, checkpoint_minutes=None, progress=False)
     Trainer(scene, data, cfg, tmp_path / "run").train()
@@ -242,3 +279,10 @@ def test_open_run_directory(tmp_path, dir_method):
     assert src.stats()["step"] == "1" and len(src.dataset_cameras) == 4
     out = src.render(src.dataset_cameras[0], None, RenderOptions(), NEVER)
     torch.testing.assert_close(out.rgb, src.scene.render(src.dataset_cameras[0])[0].rgb)
+    # the frusta's images come from the run's dataset, in the run's camera order
+    for i in (0, 3):
+        np.testing.assert_array_equal(src.dataset_images(i), data.images.rgb(i).numpy())
+    shutil.rmtree(tmp_path / "data")
+    src = open_source(tmp_path / "run")  # a run whose dataset is gone opens; its images name the folder
+    with pytest.raises(DataError, match="data"):
+        src.dataset_images(0)

@@ -17,7 +17,6 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -26,7 +25,7 @@ from omnifield.errors import ConfigError
 from omnifield.viewer import camera as vc
 from omnifield.viewer import panels
 from omnifield.viewer.display import open_display, release_display
-from omnifield.viewer.panels import CroppedScene, eval_mode, frame_to_texture, keyframe_cameras, run_like
+from omnifield.viewer.panels import eval_mode, keyframe_cameras, run_like
 
 
 MAX_PLOT_POINTS = 4000
@@ -54,6 +53,8 @@ class ViewerConfig:
     """Width of the side panel in pixels."""
     show_frusta: bool = True
     """Draw the dataset cameras as frusta over the view."""
+    frustum_images: bool = False
+    """Draw each dataset camera's image in its frustum (sources with ``dataset_images``)."""
     path_frames: int = 60
     """Frames of the camera-path editor's interpolated path (preview, JSON, video)."""
     out_dir: str | None = None
@@ -112,6 +113,8 @@ class Viewer:
         self.size = (int(config.width), int(config.height))
         self.levels = config.all_levels
         self.show_frusta = config.show_frusta
+        self.show_frustum_images = False
+        self.frustum_textures: list | None = None  # one texture per dataset camera, once loaded
         self.frustum_scale = 0.05 * self.scene_diagonal
         self.playing = False
         self.keyframes: list[vc.ViewCamera] = []
@@ -119,7 +122,8 @@ class Viewer:
         self.out_dir = Path(config.out_dir) if config.out_dir else panels.default_out_dir(source)
         self.jobs: list[tuple[str, Future]] = []
         self.messages: dict[str, str] = {}
-        self._frustum_segments = None
+        self._frustum_points = None  # [C, 5, 3] frustum corners, computed once
+        self._thumbnails: Future | None = None
         self.metrics: dict[str, list] = {"step": [], "loss": [], "psnr": []}
         self.training_error: BaseException | None = None
         self.train_result = None
@@ -137,6 +141,8 @@ class Viewer:
         self.camera = self._initial_camera(config.camera)
         self.worker = RenderWorker(source, levels=self.levels, lock=self.lock)
         self._build_window()
+        if config.frustum_images:
+            self.set_show_frustum_images(True)
         self._submit()
         self._train_thread = None
         if trainer is not None:
@@ -173,8 +179,7 @@ class Viewer:
         width, height = w + self.config.panel_width + 40, max(h + 60, 720)
         fresh = open_display(self.config.title, width, height, self.config.vsync)
         self._registry = dpg.add_texture_registry()
-        self._texture = dpg.add_raw_texture(w, h, np.zeros(w * h * 4, np.float32), format=dpg.mvFormat_Float_rgba,
-                                            parent=self._registry)
+        self._texture = dpg.add_static_texture(1, 1, [0.0] * 4, parent=self._registry)  # until the first frame
         self.ui = panels.build(self)
         with dpg.handler_registry() as self._handlers:
             dpg.add_mouse_wheel_handler(callback=lambda s, a: panels.on_wheel(self, a))
@@ -183,6 +188,8 @@ class Viewer:
             dpg.set_viewport_width(width)
             dpg.set_viewport_height(height)
         dpg.set_primary_window(self.ui.window, True)
+        dpg.set_viewport_clear_color(panels.WINDOW_COLOR)  # and no window background (see WINDOW_COLOR)
+        dpg.configure_item(self.ui.window, no_background=True)  # after set_primary_window, which resets it
 
     # -- state changes (what the panels and the tests call) ------------------------------------------
     def _set_camera(self, cam: vc.ViewCamera) -> None:
@@ -260,6 +267,21 @@ class Viewer:
         self.show_frusta = bool(show)
         self._frusta_dirty = True
 
+    def set_show_frustum_images(self, show: bool) -> None:
+        """Draw each dataset camera's image at its frustum's far end (hidden for cameras behind the view).
+
+        The first time, the images are read and downscaled to thumbnails (at most
+        :data:`~omnifield.viewer.panels.THUMBNAIL_SIDE` pixels) on the tools thread; they appear once loaded.
+        """
+        images = getattr(self.source, "dataset_images", None)
+        cams = self.source.dataset_cameras
+        if show and (images is None or cams is None):
+            raise ConfigError(f"{self.source.name}: no dataset images to show in the frusta")
+        self.show_frustum_images = bool(show)
+        if show and self._thumbnails is None:
+            self._thumbnails = self._job("images", panels.load_thumbnails, images, len(cams))
+        self._frusta_dirty = True
+
     def request(self):
         """The :class:`FrameRequest` of the current view state."""
         from omnifield.viewer.worker import FrameRequest
@@ -283,6 +305,7 @@ class Viewer:
             panels.poll_input(self)
             self._advance_preview_and_playback()
             self._poll_training()
+            self._poll_thumbnails()
             self._upload_latest()
             if self._frusta_dirty:
                 panels.draw_frusta(self)
@@ -320,8 +343,14 @@ class Viewer:
         if f is None or f is self.frame:
             return
         self.frame = f
-        self.dpg.set_value(self._texture, frame_to_texture(f.image, *self.size))
+        panels.show_frame(self, f)
         self.ui.last_readout = 0.0  # show the new frame's numbers now
+
+    def _poll_thumbnails(self) -> None:
+        job = self._thumbnails
+        if self.frustum_textures is None and job is not None and job.done() and job.exception() is None:
+            self.frustum_textures = panels.upload_thumbnails(self, job.result())
+            self._frusta_dirty = True
 
     def _advance_preview_and_playback(self) -> None:
         if self._preview:
@@ -468,16 +497,14 @@ class Viewer:
         return self._job("mesh", job)
 
     def export_pointcloud(self, out=None) -> Future:
-        """Depth points of the training views (crop box applied to the renders) -> .ply in dataset coordinates."""
+        """Depth points of the training views inside the crop box (or the scene box) -> .ply in dataset coordinates."""
         from omnifield.scenes.export import export_pointcloud
 
-        out, run = self._out(out, "points", ".ply"), self.run_like()
-        if self.crop_box is not None:
-            run = SimpleNamespace(**{**vars(run), "scene": CroppedScene(run.scene, self._render_options().crop_box)})
+        out, run, crop = self._out(out, "points", ".ply"), self.run_like(), self.crop_box
 
         def job():
             with self.lock, eval_mode(run.scene):
-                return export_pointcloud(run, out)
+                return export_pointcloud(run, out, crop_box=None if crop is None else torch.tensor(crop).float())
 
         return self._job("points", job)
 
@@ -569,7 +596,8 @@ def live_source(trainer):
     info = SceneInfo.from_data(trainer.data)
     info.metadata = {**info.metadata, "downscale": trainer.downscale}
     name = trainer.run_dir.name if trainer.run_dir is not None else trainer.method
-    return SceneSource(trainer.scene, info, name, extra_stats={"run": str(trainer.run_dir or "")})
+    return SceneSource(trainer.scene, info, name, extra_stats={"run": str(trainer.run_dir or "")},
+                       dataset_images=lambda i: trainer.data.images.rgb(i).numpy())
 
 
 def train_with_viewer(method: str, data_path, *, config: ViewerConfig | None = None, **kwargs):

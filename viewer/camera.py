@@ -284,12 +284,9 @@ def _any_perpendicular(v: np.ndarray) -> np.ndarray:
     return _unit(np.cross(v, alt))
 
 
-def frustum_lines(cameras: Cameras, scale: float) -> np.ndarray:
-    """Line segments ``[8 * C, 2, 3]`` float32 drawing each camera as a pyramid ``scale`` deep.
-
-    Per camera: 4 edges from the centre to the image corners (pinhole, distortion ignored) at depth
-    ``scale``, then the 4 edges of the image rectangle (top edge first, so it can be highlighted).
-    """
+def frustum_corners(cameras: Cameras, scale: float) -> np.ndarray:
+    """Each camera as a pyramid ``scale`` deep: ``[C, 5, 3]`` float64 points (centre, then the image
+    corners top-left, top-right, bottom-right, bottom-left at depth ``scale``; pinhole, distortion ignored)."""
     c2w = cameras.c2w.detach().double().cpu().numpy()
     fx, fy, cx, cy = (t.detach().double().cpu().numpy() for t in (cameras.fx, cameras.fy, cameras.cx, cameras.cy))
     w, h = cameras.width.cpu().numpy().astype(np.float64), cameras.height.cpu().numpy().astype(np.float64)
@@ -297,10 +294,40 @@ def frustum_lines(cameras: Cameras, scale: float) -> np.ndarray:
     vs = np.stack([np.zeros_like(h), np.zeros_like(h), h, h], -1)
     local = np.stack([(us - cx[:, None]) / fx[:, None], (vs - cy[:, None]) / fy[:, None], np.ones_like(us)], -1) * scale
     corners = np.einsum("cij,ckj->cki", c2w[:, :3, :3], local) + c2w[:, None, :3, 3]  # [C, 4, 3]
-    apex = np.broadcast_to(c2w[:, None, :3, 3], corners.shape)
+    return np.concatenate([c2w[:, None, :3, 3], corners], 1)
+
+
+def frustum_segments(points: np.ndarray) -> np.ndarray:
+    """:func:`frustum_corners` ``[C, 5, 3]`` -> line segments ``[8 * C, 2, 3]``: per camera the 4 edges
+    from the centre to the corners, then the 4 edges of the image rectangle (top edge first)."""
+    apex, corners = np.broadcast_to(points[:, :1], points[:, 1:].shape), points[:, 1:]
     spokes = np.stack([apex, corners], 2)  # [C, 4, 2, 3]
     rim = np.stack([corners, np.roll(corners, -1, axis=1)], 2)  # tl-tr, tr-br, br-bl, bl-tl
-    return np.concatenate([spokes, rim], 1).reshape(-1, 2, 3).astype(np.float32)
+    return np.concatenate([spokes, rim], 1).reshape(-1, 2, 3)
+
+
+def frustum_lines(cameras: Cameras, scale: float) -> np.ndarray:
+    """Line segments ``[8 * C, 2, 3]`` float32 drawing each camera as a pyramid ``scale`` deep.
+
+    Per camera: 4 edges from the centre to the image corners (pinhole, distortion ignored) at depth
+    ``scale``, then the 4 edges of the image rectangle (top edge first, so it can be highlighted).
+    """
+    return frustum_segments(frustum_corners(cameras, scale)).astype(np.float32)
+
+
+def project_points(cam: ViewCamera, width: int, height: int, points) -> tuple[np.ndarray, np.ndarray]:
+    """Project world points ``[N, 3]`` into the view: ``(pixels [N, 2], depth [N])`` float64.
+
+    Pixels follow :meth:`Cameras.project` (pinhole); ``depth`` is the camera-space z, and the pixels
+    of points with ``depth <= 0`` (behind the view) are meaningless.
+    """
+    p = np.asarray(points, np.float64).reshape(-1, 3)
+    w2c = np.linalg.inv(cam.c2w)
+    pc = p @ w2c[:3, :3].T + w2c[:3, 3]
+    z = pc[:, 2]
+    f = focal_from_fov(cam.fov_y_deg, height)
+    zz = np.where(np.abs(z) < 1e-12, 1e-12, z)
+    return np.stack([f * pc[:, 0] / zz + width / 2, f * pc[:, 1] / zz + height / 2], -1), z
 
 
 def project_segments(cam: ViewCamera, width: int, height: int, segments, near: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:

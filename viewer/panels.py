@@ -24,6 +24,17 @@ FRUSTUM_COLOR = (255, 140, 30, 200)
 FRUSTUM_TOP_COLOR = (255, 230, 60, 255)
 CROP_COLOR = (60, 200, 255, 220)
 READOUT_SECONDS = 0.25
+WINDOW_COLOR = (37, 37, 38, 255)
+"""dearpygui's default window background. The viewport is cleared to it and the window, which fills the
+viewport, draws no background of its own: under a software rasterizer (Xvfb's llvmpipe) that
+window-sized rectangle cost about 4 ms of CPU per UI frame, 40% of the frame."""
+THUMBNAIL_SIDE = 64
+"""Long side in pixels of the dataset images drawn in the frusta (downscaled once, uploaded once)."""
+NEAR = 1e-3
+"""Points nearer the view than this (camera-space z, world units) count as behind it."""
+# A frustum (centre, tl, tr, br, bl) as one polyline through every edge but the top one, each once
+# (an Euler path between the two corners of odd degree); the top edge is drawn on its own, highlighted.
+FRUSTUM_PATH = [3, 2, 0, 1, 4, 3, 0, 4]
 # A box's 12 edges as pairs of corner indices (corner k: x from bit 0, y from bit 1, z from bit 2).
 BOX_EDGES = [(a, b) for a, b in itertools.combinations(range(8), 2) if bin(a ^ b).count("1") == 1]
 
@@ -51,6 +62,10 @@ class Widgets:
     loss_axes: tuple = ()
     psnr_axes: tuple = ()
     last_readout: float = 0.0
+    shown: dict = field(default_factory=dict)
+    """Text last set per widget (values are set only when they change)."""
+    plotted: tuple = ()
+    """``(points, last step)`` of the metrics the plots show (replotted only when new ones arrive)."""
     fps: float = 0.0
     frames: int = 0
     fps_since: float = field(default_factory=time.perf_counter)
@@ -112,6 +127,9 @@ def _camera_panel(viewer, ui: Widgets) -> None:
     with dpg.collapsing_header(label="Cameras", default_open=False):
         dpg.add_checkbox(label="draw frusta", default_value=viewer.show_frusta,
                          callback=lambda s, a: viewer.set_show_frusta(a))
+        if getattr(viewer.source, "dataset_images", None) is not None:
+            dpg.add_checkbox(label="with their images", default_value=viewer.config.frustum_images,
+                             callback=lambda s, a: viewer.set_show_frustum_images(a))
         dpg.add_button(label="reset view", callback=lambda: viewer.set_camera(
             vc.default_view(viewer.scene_box, viewer.source.dataset_cameras, viewer.camera.fov_y_deg)))
         if cams is not None and len(cams) > 0:
@@ -272,46 +290,96 @@ def on_wheel(viewer, delta) -> None:
 
 # -- per-frame updates -------------------------------------------------------------------------------
 def draw_frusta(viewer) -> None:
-    """Redraw the overlay: dataset frusta (top edge highlighted) and the crop box, projected with the view camera."""
+    """Redraw the overlay: dataset frusta (top edge highlighted, optionally with their images) and the crop
+    box, projected with the view camera."""
     import dearpygui.dearpygui as dpg
 
     ui = viewer.ui
     dpg.delete_item(ui.overlay, children_only=True)
     w, h = viewer.size
-    segments, colors = [], []
     cams = viewer.source.dataset_cameras
     if viewer.show_frusta and cams is not None and len(cams) > 0:
-        if getattr(viewer, "_frustum_segments", None) is None:
-            viewer._frustum_segments = vc.frustum_lines(cams, viewer.frustum_scale)
-        seg = viewer._frustum_segments
-        segments.append(seg)
-        per_cam = [FRUSTUM_COLOR] * 4 + [FRUSTUM_TOP_COLOR] + [FRUSTUM_COLOR] * 3
-        colors += per_cam * (len(seg) // 8)
+        if viewer._frustum_points is None:
+            viewer._frustum_points = vc.frustum_corners(cams, viewer.frustum_scale)
+        _draw_cameras(viewer, viewer._frustum_points, w, h)
     if viewer.crop_box is not None:
         b = viewer.crop_box
         corners = np.array([[b[(k >> i) & 1, i] for i in range(3)] for k in range(8)])
-        segments.append(np.stack([[corners[a], corners[c]] for a, c in BOX_EDGES]))
-        colors += [CROP_COLOR] * len(BOX_EDGES)
-    if not segments:
-        return
-    pix, keep = vc.project_segments(viewer.camera, w, h, np.concatenate(segments))
-    inside = np.abs(pix).max(axis=(1, 2)) < 4 * max(w, h)  # far off-screen lines only cost time
-    for (a, b), color in zip(pix[keep & inside].tolist(), [c for c, k in zip(colors, keep & inside) if k]):
-        dpg.draw_line(a, b, color=color, thickness=1, parent=ui.overlay)
+        _draw_segments(ui.overlay, viewer.camera, w, h, np.stack([[corners[a], corners[c]] for a, c in BOX_EDGES]),
+                       [CROP_COLOR] * len(BOX_EDGES))
+
+
+def _draw_cameras(viewer, points: np.ndarray, w: int, h: int) -> None:
+    """Frusta ``points [C, 5, 3]`` (:func:`~omnifield.viewer.camera.frustum_corners`): images (far to near),
+    then one polyline and the highlighted top edge per frustum in front of the view; frusta the view's
+    near plane cuts are drawn as clipped segments, those wholly behind it not at all."""
+    import dearpygui.dearpygui as dpg
+
+    overlay = viewer.ui.overlay
+    pix, z = vc.project_points(viewer.camera, w, h, points.reshape(-1, 3))
+    pix, z = pix.reshape(-1, 5, 2), z.reshape(-1, 5)
+    front = z > NEAR
+
+    def on_screen(p):  # [C, k, 2] -> [C]: the bounding box of the points meets the view
+        return (p.max(1) >= 0).all(-1) & (p.min(1) <= (w, h)).all(-1)
+
+    textures = viewer.frustum_textures if viewer.show_frustum_images else None
+    if textures:
+        quads = np.flatnonzero(front[:, 1:].all(1) & on_screen(pix[:, 1:]))
+        for c in quads[np.argsort(-z[quads, 1:].mean(1))].tolist():  # far to near
+            dpg.draw_image_quad(textures[c], *pix[c, 1:].tolist(), parent=overlay)
+    whole = front.all(1)
+    for p in pix[whole & on_screen(pix)].tolist():
+        dpg.draw_polyline([p[i] for i in FRUSTUM_PATH], color=FRUSTUM_COLOR, thickness=1, parent=overlay)
+        dpg.draw_line(p[1], p[2], color=FRUSTUM_TOP_COLOR, thickness=1, parent=overlay)
+    cut = front.any(1) & ~whole
+    if cut.any():
+        per_cam = [FRUSTUM_COLOR] * 4 + [FRUSTUM_TOP_COLOR] + [FRUSTUM_COLOR] * 3
+        _draw_segments(overlay, viewer.camera, w, h, vc.frustum_segments(points[cut]), per_cam * int(cut.sum()))
+
+
+def _draw_segments(parent, camera, w: int, h: int, segments: np.ndarray, colors: list) -> None:
+    """World segments ``[K, 2, 3]`` clipped at the view's near plane, one line each."""
+    import dearpygui.dearpygui as dpg
+
+    pix, keep = vc.project_segments(camera, w, h, segments, near=NEAR)
+    keep &= np.abs(pix).max(axis=(1, 2)) < 4 * max(w, h)  # far off-screen lines only cost time
+    for (a, b), color in zip(pix[keep].tolist(), [c for c, k in zip(colors, keep) if k]):
+        dpg.draw_line(a, b, color=color, thickness=1, parent=parent)
+
+
+def show_frame(viewer, frame) -> None:
+    """Show ``frame`` in the view: its texture becomes a new static texture (sent to the GPU once, at the
+    frame's own size, stretched over the view) and the previous one is deleted. dearpygui re-uploads
+    raw and dynamic textures in every UI frame, which costs more than one upload per new frame."""
+    import dearpygui.dearpygui as dpg
+
+    from omnifield.viewer.worker import frame_to_texture
+
+    data = frame.texture if frame.texture is not None else frame_to_texture(frame.image)
+    texture = dpg.add_static_texture(frame.width, frame.height, data, parent=viewer._registry)
+    dpg.configure_item(viewer.ui.image, texture_tag=texture)
+    dpg.delete_item(viewer._texture)
+    viewer._texture = texture
+
+
+def upload_thumbnails(viewer, thumbnails: list[np.ndarray]) -> list:
+    """One static texture (uploaded once) per :func:`load_thumbnails` image."""
+    import dearpygui.dearpygui as dpg
+
+    from omnifield.viewer.worker import frame_to_texture
+
+    return [dpg.add_static_texture(t.shape[1], t.shape[0], frame_to_texture(t), parent=viewer._registry)
+            for t in thumbnails]
 
 
 def resize_view(viewer) -> None:
-    """Re-create the texture and the drawlist image for a new render size."""
+    """Resize the drawlist and its image for a new render size (the next frame brings its own texture)."""
     import dearpygui.dearpygui as dpg
 
     ui, (w, h) = viewer.ui, viewer.size
-    old = viewer._texture
-    viewer._texture = dpg.add_raw_texture(w, h, np.zeros(w * h * 4, np.float32), format=dpg.mvFormat_Float_rgba,
-                                          parent=viewer._registry)
-    dpg.delete_item(ui.image)
-    ui.image = dpg.draw_image(viewer._texture, (0, 0), (w, h), parent=ui.drawlist, before=ui.overlay)
+    dpg.configure_item(ui.image, pmax=(w, h))
     dpg.configure_item(ui.drawlist, width=w, height=h)
-    dpg.delete_item(old)
     viewer.frame = None
 
 
@@ -335,19 +403,30 @@ def update_readouts(viewer) -> None:
         lines.append(f"time {viewer.time:.3f}")
     if viewer.worker.error is not None:
         lines.append(f"render failed: {viewer.worker.error}")
-    dpg.set_value(ui.readouts, "\n".join(lines))
-    dpg.set_value(ui.keyframes, f"{len(viewer.keyframes)} keyframes")
+    _set_text(ui, ui.readouts, "\n".join(lines))
+    _set_text(ui, ui.keyframes, f"{len(viewer.keyframes)} keyframes")
     if ui.time_slider is not None and viewer.playing:
         dpg.set_value(ui.time_slider, viewer.time)
     jobs = [f"{name}: " + ("running" if not fut.done() else _job_result(fut)) for name, fut in viewer.jobs[-4:]]
-    dpg.set_value(ui.jobs, "\n".join(jobs + list(viewer.messages.values())[-3:]))
+    _set_text(ui, ui.jobs, "\n".join(jobs + list(viewer.messages.values())[-3:]))
     if ui.training is not None:
         _update_training(viewer, ui)
 
 
+def _set_text(ui: Widgets, item, text: str) -> None:
+    """``dpg.set_value`` only when the text changed."""
+    import dearpygui.dearpygui as dpg
+
+    if ui.shown.get(item) != text:
+        ui.shown[item] = text
+        dpg.set_value(item, text)
+
+
 def _job_result(fut) -> str:
     e = fut.exception()
-    return f"failed: {e}" if e is not None else f"wrote {fut.result()}"
+    if e is not None:
+        return f"failed: {e}"
+    return f"wrote {fut.result()}" if isinstance(fut.result(), (str, Path)) else "done"
 
 
 def _update_training(viewer, ui: Widgets) -> None:
@@ -360,7 +439,11 @@ def _update_training(viewer, ui: Widgets) -> None:
         text += f"\nloss {last:.4g}"
         if m["psnr"] and np.isfinite(m["psnr"][-1]):
             text += f", PSNR {m['psnr'][-1]:.2f} dB"
-    dpg.set_value(ui.training, text)
+    _set_text(ui, ui.training, text)
+    plotted = (len(m["step"]), m["step"][-1] if m["step"] else None)
+    if plotted == ui.plotted:
+        return
+    ui.plotted = plotted
     steps = [float(s) for s in m["step"]]
     dpg.set_value(ui.loss_series, [steps, [float(v) for v in m["loss"]]])
     ok = [i for i, v in enumerate(m["psnr"]) if np.isfinite(v)]
@@ -368,14 +451,28 @@ def _update_training(viewer, ui: Widgets) -> None:
 
 
 # -- tool helpers (no widgets) -------------------------------------------------------------------------------------------
-def frame_to_texture(image: np.ndarray, width: int, height: int) -> np.ndarray:
-    """``[h, w, 3]`` uint8 frame -> flat float32 RGBA of ``width x height`` (nearest-neighbour scaling)."""
-    h, w = image.shape[:2]
-    if (h, w) != (height, width):
-        image = image[(np.arange(height) * h // height)][:, (np.arange(width) * w // width)]
-    out = np.ones((height, width, 4), np.float32)
-    out[..., :3] = image[..., :3] * np.float32(1 / 255)
-    return out.reshape(-1)
+def thumbnail(image, max_side: int = THUMBNAIL_SIDE) -> np.ndarray:
+    """``[H, W, 3+]`` uint8 -> ``[h, w, 3]`` uint8 with ``max(h, w) <= max_side``: each output pixel is the
+    mean of the input pixels it covers (area averaging); images already small enough are returned as they are."""
+    img = np.asarray(image)[..., :3]
+    if img.ndim != 3 or img.shape[0] < 1 or img.shape[1] < 1:
+        raise ValueError(f"thumbnail: expected an [H, W, 3] image, got {img.shape}")
+    big, small = img.shape[:2], max(img.shape[:2])
+    if small <= max_side:
+        return np.ascontiguousarray(img)
+    out = [max(1, round(n * max_side / small)) for n in big]
+    edges = [np.linspace(0, n, m + 1).round().astype(int) for n, m in zip(big, out)]
+    sums = np.add.reduceat(np.add.reduceat(img.astype(np.float64), edges[0][:-1], axis=0), edges[1][:-1], axis=1)
+    area = np.diff(edges[0])[:, None, None] * np.diff(edges[1])[None, :, None]
+    return np.round(sums / area).clip(0, 255).astype(np.uint8)
+
+
+def load_thumbnails(images, count: int, max_side: int = THUMBNAIL_SIDE) -> list[np.ndarray]:
+    """:func:`thumbnail` of ``images(i)`` (a source's ``dataset_images``) for cameras ``0 .. count-1``.
+
+    Reads every image once: run it off the UI thread (the viewer's tools thread does).
+    """
+    return [thumbnail(images(i), max_side) for i in range(count)]
 
 
 def keyframe_cameras(keyframes: list, width: int, height: int, t: float | None = None):
@@ -414,28 +511,11 @@ def run_like(source):
                            downscale=downscale, path=None, method=getattr(scene, "method", ""), background=None)
 
 
-class CroppedScene:
-    """A scene whose :meth:`render` applies a crop box (for :func:`export_pointcloud`, which takes none)."""
-
-    def __init__(self, scene, crop_box):
-        self._scene, self._crop = scene, crop_box
-
-    def render(self, cameras, time=None, options=None):
-        from dataclasses import replace
-
-        from omnifield.scenes.base import RenderOptions
-
-        return self._scene.render(cameras, time=time, options=replace(options or RenderOptions(), crop_box=self._crop))
-
-    def __getattr__(self, name):
-        return getattr(self._scene, name)
-
-
 class eval_mode:
     """Put a module in eval mode for a block and restore its mode after (a live trainer sets train mode)."""
 
     def __init__(self, module):
-        self.module = getattr(module, "_scene", module)
+        self.module = module
 
     def __enter__(self):
         self.was_training = bool(getattr(self.module, "training", False))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 from pathlib import Path
 from typing import Callable, ContextManager, Protocol, runtime_checkable
 
@@ -43,6 +44,9 @@ class ViewSource(Protocol):
         scene_box: ``[2, 3]`` float32 box (min, max) in the source's world.
         dataset_cameras: cameras to draw as frusta (source world), or None.
         world_from_dataset: ``[4, 4]`` similarity from dataset coordinates to the source's world.
+
+    Optional: ``dataset_images``, a callable ``i -> [H, W, 3] uint8`` image of dataset camera ``i``
+    (drawn in the frusta), or None; the viewer reads it off the UI thread.
     """
 
     name: str
@@ -92,13 +96,15 @@ class SceneSource:
 
     ``info``: the run's :class:`~omnifield.scenes.runs.SceneInfo` (cameras, scene box, world), or
     None. ``extra_stats``: more lines for :meth:`stats` (e.g. the run's step). ``lock``: held while
-    the channel probe (a 4x4 render at construction) runs, for a scene that is training. Scenes that only
-    override ``render`` (rasterizers) are rendered with one ``scene.render`` call, checked for
+    the channel probe (a 4x4 render at construction) runs, for a scene that is training.
+    ``dataset_images``: ``i -> [H, W, 3]`` uint8 image of ``info.cameras[i]`` (see :func:`run_images`).
+    ``render_rays`` is only an optional capability: scenes that override ``render`` (rasterizers such
+    as 3DGS) are rendered with one ``scene.render(cameras, time, options)`` call, checked for
     ``should_stop`` before and after.
     """
 
     def __init__(self, scene, info=None, name: str = "scene", *, extra_stats: dict[str, str] | None = None,
-                 lock: ContextManager | None = None):
+                 lock: ContextManager | None = None, dataset_images: Callable[[int], np.ndarray] | None = None):
         self.scene = scene
         self.info = info
         self.name = name
@@ -106,6 +112,7 @@ class SceneSource:
         box = info.scene_box if info is not None else getattr(scene, "scene_box", None)
         self.scene_box = _box_of(torch.zeros(0, 3)) if box is None else torch.as_tensor(box).detach().float().cpu().clone()
         self.dataset_cameras = None if info is None else info.cameras
+        self.dataset_images = dataset_images if self.dataset_cameras is not None else None
         self.world_from_dataset = torch.eye(4) if info is None else torch.as_tensor(info.world_from_dataset).float().cpu()
         self.time_range = tuple(float(t) for t in scene.time_range) if isinstance(scene, TimeVarying) else None
         self._extra_stats = dict(extra_stats or {})
@@ -133,14 +140,19 @@ class SceneSource:
         return out
 
     def _uses_rays(self) -> bool:
+        """Render in interruptible ray chunks only where that is what ``scene.render`` would do anyway: the
+        scene keeps :meth:`Scene.render` and implements ``render_rays``. Scenes that override ``render``
+        (rasterizers such as 3DGS, or any scene with its own image path) are rendered by one ``render`` call."""
         from omnifield.scenes.base import Scene
 
-        fn = getattr(type(self.scene), "render_rays", None)
-        return fn is not None and fn is not Scene.render_rays
+        cls = type(self.scene)
+        own_rays = getattr(cls, "render_rays", None) not in (None, Scene.render_rays)
+        return own_rays and getattr(cls, "render", None) is Scene.render
 
     def render(self, cameras: Cameras, time: float | None, options: RenderOptions,
                should_stop: Callable[[], bool], *, lock: ContextManager | None = None) -> RenderOutput | None:
-        """Render camera 0 in chunks of ``options.chunk`` rays with ``scene.render_rays`` (no grad).
+        """Render camera 0 in chunks of ``options.chunk`` rays with ``scene.render_rays`` (no grad), or
+        with one ``scene.render`` call for scenes that override it.
 
         Returns None as soon as ``should_stop()`` is true (checked before every chunk). ``lock``
         (e.g. a Trainer's ``.lock``) is held while each chunk renders; during it the scene is put in
@@ -193,15 +205,17 @@ class PointSource:
     """A coloured point cloud, rendered by :func:`omnifield.renderers.points.render_points`.
 
     ``points [P, 3]`` world, ``colors [P, 3]`` float in [0, 1] or uint8 (None: light grey),
-    ``cameras``: dataset cameras to draw as frusta. ``normals [P, 3]`` optional (adds the normals
-    channel). ``options.crop_box`` hides points outside the box.
+    ``cameras``: dataset cameras to draw as frusta, ``dataset_images`` their images (``i -> [H, W, 3]``
+    uint8). ``normals [P, 3]`` optional (adds the normals channel). ``options.crop_box`` hides points
+    outside the box.
     """
 
     kind = "points"
 
     def __init__(self, points, colors=None, name: str = "points", cameras: Cameras | None = None, *,
                  normals=None, scene_box=None, world_from_dataset=None, point_size_px: float = 2.0,
-                 device="cpu", extra_stats: dict[str, str] | None = None):
+                 device="cpu", extra_stats: dict[str, str] | None = None,
+                 dataset_images: Callable[[int], np.ndarray] | None = None):
         pts = torch.as_tensor(np.asarray(points) if not isinstance(points, Tensor) else points).float()
         if pts.ndim != 2 or pts.shape[-1] != 3:
             raise ValueError(f"{name}: points must be [P, 3], got {tuple(pts.shape)}")
@@ -219,6 +233,7 @@ class PointSource:
         self.name = name
         self.point_size_px = float(point_size_px)
         self.dataset_cameras = cameras
+        self.dataset_images = dataset_images if cameras is not None else None
         self.scene_box = _box_of(pts) if scene_box is None else torch.as_tensor(scene_box).float().cpu().reshape(2, 3)
         self.world_from_dataset = torch.eye(4) if world_from_dataset is None else torch.as_tensor(world_from_dataset).float().cpu()
         self.time_range = None
@@ -346,6 +361,7 @@ def _dataset_source(path: Path, device) -> PointSource:
         cols, what = torch.tensor(CAMERA_CENTRE_COLOR).expand(len(pts), 3).clone(), "camera centres"
     return PointSource(pts, cols, path.name, cameras=cams, scene_box=data.scene_box, device=device,
                        world_from_dataset=data.world_from_dataset, point_size_px=3.0,
+                       dataset_images=lambda i: data.images.rgb(i).numpy(),
                        extra_stats={"format": data.format, "showing": what, "images": str(len(data))})
 
 
@@ -368,7 +384,8 @@ def open_source(path, *, device="cpu", mesh_samples: int = DEFAULT_MESH_SAMPLES)
         from omnifield.scenes.runs import load_run
 
         run = load_run(p, device=device)
-        return SceneSource(run.scene, run.info, p.name, extra_stats={"step": str(run.step), "run": str(p)})
+        return SceneSource(run.scene, run.info, p.name, extra_stats={"step": str(run.step), "run": str(p)},
+                           dataset_images=run_images(run))
     suffix = p.suffix.lower()
     if p.is_file() and suffix == ".ply":
         return _from_geometry(_load_trimesh(p), p, device, mesh_samples)
@@ -378,6 +395,23 @@ def open_source(path, *, device="cpu", mesh_samples: int = DEFAULT_MESH_SAMPLES)
         return _dataset_source(p, device)
     raise DataError(f"cannot view {suffix or 'this'} files; expected a run directory, a dataset folder, "
                     f"a .ply point cloud or a mesh ({', '.join(('.ply',) + MESH_SUFFIXES)})", p)
+
+
+def run_images(run) -> Callable[[int], np.ndarray]:
+    """``i -> [H, W, 3]`` uint8 image of the run's camera ``i`` (``run.info.cameras``, every split), read
+    from the run's dataset folder on first use (:class:`DataError` naming the folder when it is gone)."""
+    state: dict = {}
+    lock = threading.Lock()
+
+    def image(i: int) -> np.ndarray:
+        with lock:
+            if "data" not in state:
+                if not Path(run.data_path).exists():
+                    raise DataError("the run's dataset folder is gone, so the frusta cannot show its images", run.data_path)
+                state["data"] = run.load_data()
+        return state["data"].images.rgb(int(i)).numpy()
+
+    return image
 
 
 def frustum_scale(box: Tensor) -> float:

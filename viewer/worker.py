@@ -69,6 +69,8 @@ class Frame:
         channel: what the image shows.
         final: True for the finest level of its request.
         request: the request it answers.
+        texture: ``[H * W * 4]`` float32 RGBA in [0, 1] of ``image`` (alpha 1), made by the render
+            thread so that the UI thread only hands it to dearpygui (:func:`frame_to_texture`).
     """
 
     image: np.ndarray
@@ -80,6 +82,15 @@ class Frame:
     channel: str
     final: bool
     request: FrameRequest | None = None
+    texture: np.ndarray | None = None
+
+
+def frame_to_texture(image: np.ndarray) -> np.ndarray:
+    """``[H, W, 3]`` uint8 frame -> flat ``[H * W * 4]`` float32 RGBA (alpha 1), one contiguous buffer."""
+    h, w = image.shape[:2]
+    out = np.ones((h, w, 4), np.float32)
+    np.multiply(image[..., :3], np.float32(1 / 255), out=out[..., :3])
+    return out.reshape(-1)
 
 
 def level_size(level: int, aspect: float) -> tuple[int, int]:
@@ -213,7 +224,8 @@ class RenderWorker(threading.Thread):
             if result is None:
                 return
             fields, bounds = result
-            frame = Frame(**fields, generation=gen, final=final, request=request)
+            frame = Frame(**fields, generation=gen, final=final, request=request,
+                          texture=frame_to_texture(fields["image"]))
             with self._cond:
                 if gen != self._generation:  # a newer request was submitted while we rendered
                     return
