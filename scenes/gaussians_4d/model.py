@@ -51,11 +51,6 @@ _PROFILES = {
 }
 
 
-def _op(name: str):
-    """The public dispatcher of ``omnifield.cuda.ops`` (native kernels) when it has ``name``, else the reference."""
-    return getattr(ops, name, None) or getattr(ref4d, name)
-
-
 def _train_indices(data) -> list[int]:
     split = (getattr(data, "splits", None) or {}).get("train")
     return list(split) if split else list(range(len(data.cameras)))
@@ -133,8 +128,12 @@ def initial_gaussians_4d(config: Gaussians4DConfig, data) -> InitialGaussians4D:
             colors = torch.as_tensor(colors).cpu()
             colors = colors.float() / (255.0 if colors.dtype == torch.uint8 else 1.0)
         times = getattr(data, "point_times", None)
-        times = (t0 + torch.rand(len(means), generator=gen) * (t1 - t0) if times is None
-                 else torch.as_tensor(times, dtype=torch.float32).cpu().reshape(-1))
+        if times is None:
+            times = t0 + torch.rand(len(means), generator=gen) * (t1 - t0)
+        else:
+            times = torch.as_tensor(times, dtype=torch.float32).cpu().reshape(-1)
+            if len(times) != len(means):
+                raise ConfigError(f"4dgs: data.point_times has {len(times)} values for {len(means)} points")
         if config.max_init_points is not None and len(means) > config.max_init_points:
             keep = torch.randperm(len(means), generator=gen)[: config.max_init_points]
             means, times, colors = means[keep], times[keep], None if colors is None else colors[keep]
@@ -253,7 +252,7 @@ class Gaussians4D(Scene):
         """
         means4 = torch.cat([self.means, self.times], dim=-1)
         scales4 = torch.cat([self.log_scales, self.log_scale_t], dim=-1).exp()
-        means3, covars3, marginal = _op("slice_gaussians_4d")(means4, scales4, self.q_left, self.q_right, float(t))
+        means3, covars3, marginal = ops.slice_gaussians_4d(means4, scales4, self.q_left, self.q_right, float(t))
         idx = torch.nonzero(marginal.detach() > self.config.marginal_threshold).squeeze(1)
         opacities = torch.sigmoid(self.opacity_logits[idx]) * marginal[idx]
         return idx, means3[idx], covars3[idx], opacities, float(t) - self.times[idx, 0]
@@ -277,8 +276,8 @@ class Gaussians4D(Scene):
     def _colors(self, means3: Tensor, dt: Tensor, coeffs: Tensor, camera_centre: Tensor) -> Tensor:
         """``[M, 3]`` colours ``max(SH4D(normalise(mean - centre), dt) + 0.5, 0)`` at the active SH degree."""
         c = self.config
-        rgb = _op("spherindrical_harmonics")(int(self.active_sh_degree), c.n_time, means3 - camera_centre, dt,
-                                               float(c.time_period), coeffs)
+        rgb = ops.spherindrical_harmonics(int(self.active_sh_degree), c.n_time, means3 - camera_centre, dt,
+                                         float(c.time_period), coeffs)
         return (rgb + 0.5).clamp_min(0.0)
 
     def primitives_at(self, t: float, camera_centre: Tensor, form: SliceForm | None = None) -> tuple[Tensor, GaussianPrimitives]:
