@@ -17,18 +17,25 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from omnifield.cuda.reference.gaussians import SH_C0
 from omnifield.errors import ConfigError
 from omnifield.renderers.gaussians import GaussianPrimitives, GaussianRenderSettings, render_gaussians
 from omnifield.renderers.types import RenderOutput
 from omnifield.scenes._common import ExponentialDecay, adam, default_profile, psnr, scene_extent
-from omnifield.scenes.base import ImageBatch, RenderOptions, Scene
+from omnifield.scenes.base import ImageBatch, RenderOptions
+from omnifield.scenes.gaussian_splatting.base import (
+    GaussianScene,
+    constant_lr,
+    densify_params,
+    initial_sh_dc,
+    ray_length_per_z,
+    train_indices,
+)
 from omnifield.scenes.gaussian_splatting.config import GaussianSplattingConfig
 from omnifield.scenes.gaussian_splatting.losses import photometric_loss
-from omnifield.scenes.gaussian_splatting.strategy import Densifier, DensifyParams
+from omnifield.scenes.gaussian_splatting.strategy import Densifier
 
-SH_C0 = 0.28209479177387814
 PARAM_NAMES = ("means", "log_scales", "quats", "opacity_logits", "sh_dc", "sh_rest")
-EXTRA_PREFIX = "densify."
 
 _PROFILES = {
     "paper": dict(num_random_points=100_000, schedule_units="steps", sh_degree_every=1000.0, densify_start=500.0,
@@ -44,11 +51,6 @@ def camera_extent(cameras, indices: list[int]) -> float:
     return float(1.1 * (centres - centres.mean(0)).norm(dim=-1).max()) if len(indices) else 0.0
 
 
-def _train_indices(data) -> list[int]:
-    split = (getattr(data, "splits", None) or {}).get("train")
-    return list(split) if split else list(range(len(data.cameras)))
-
-
 def resolve_config(config: GaussianSplattingConfig, data) -> GaussianSplattingConfig:
     """Fill the ``None`` fields of ``config`` from its profile and the data (extent, background)."""
     profile = default_profile() if config.profile == "auto" else config.profile
@@ -61,7 +63,7 @@ def resolve_config(config: GaussianSplattingConfig, data) -> GaussianSplattingCo
         raise ConfigError(f"3dgs: sh_degree must be 0..3, got {config.sh_degree}")
     extent = config.extent
     if extent is None:
-        extent = camera_extent(data.cameras, _train_indices(data))
+        extent = camera_extent(data.cameras, train_indices(data))
         if not extent > 0:
             extent = scene_extent(torch.as_tensor(data.scene_box))
     background = config.background if config.background is not None else tuple(float(b) for b in data.background)
@@ -111,16 +113,12 @@ def nearest_neighbour_scales(means: Tensor, k: int = 3) -> Tensor:
     return torch.from_numpy(np.sqrt(np.maximum(d2, 1e-7))).float()
 
 
-def _constant(step: int) -> float:
-    return 1.0
-
-
-class GaussianSplatting(Scene):
+class GaussianSplatting(GaussianScene):
     """3D Gaussian splatting (implements ``HasGaussians`` and ``HasPoints``). Trained on whole images
     (``batch_kind = "images"``), one view per step."""
 
     method = "3dgs"
-    batch_kind = "images"
+    param_names = PARAM_NAMES
 
     def __init__(self, config: GaussianSplattingConfig, scene_box: Tensor, init: InitialGaussians):
         super().__init__(config, scene_box)
@@ -129,11 +127,6 @@ class GaussianSplatting(Scene):
             raise ConfigError("GaussianSplatting needs a resolved config (use resolve_config or build)")
         n = len(init.means)
         k_rest = (c.sh_degree + 1) ** 2 - 1
-        gen = torch.Generator().manual_seed(int(c.init_seed) + 1)
-        if init.colors is None:
-            dc = torch.rand(n, 1, 3, generator=gen) / 255.0  # 3DGS: random SH near zero (grey)
-        else:
-            dc = ((init.colors.float() - 0.5) / SH_C0)[:, None, :]
         quats = torch.zeros(n, 4)
         quats[:, 0] = 1.0
         p = math.log(c.init_opacity / (1.0 - c.init_opacity))
@@ -141,31 +134,10 @@ class GaussianSplatting(Scene):
         self.log_scales = nn.Parameter(nearest_neighbour_scales(init.means).log()[:, None].repeat(1, 3))
         self.quats = nn.Parameter(quats)
         self.opacity_logits = nn.Parameter(torch.full((n,), p))
-        self.sh_dc = nn.Parameter(dc.contiguous())
+        self.sh_dc = nn.Parameter(initial_sh_dc(init.colors, n, c.init_seed))
         self.sh_rest = nn.Parameter(torch.zeros(n, k_rest, 3))
-        self.register_buffer("active_sh_degree", torch.zeros((), dtype=torch.long))
-        self.densifier = Densifier(DensifyParams(
-            grad_threshold=c.densify_grad_threshold, percent_dense=c.percent_dense, split_count=c.split_count,
-            split_scale_divisor=c.split_scale_divisor, prune_opacity=c.prune_opacity,
-            prune_world_size=c.prune_world_size, prune_screen_size=c.prune_screen_size,
-            opacity_reset_value=c.opacity_reset_value, max_gaussians=int(c.max_gaussians or 0)), n)
-        self._optimizer: torch.optim.Optimizer | None = None
-        self._horizon: ExponentialDecay | None = None
-        self._views: list[tuple[Tensor, Tensor, int, int]] = []
-        self.last_densify: dict[str, int] = {}
-
-    def __len__(self) -> int:
-        return self.means.shape[0]
-
-    def param_dict(self) -> dict[str, nn.Parameter]:
-        """The per-Gaussian parameters by name (rows are Gaussians), as the densifier edits them."""
-        return {name: getattr(self, name) for name in PARAM_NAMES}
-
-    def _apply(self, fn, *args, **kwargs):
-        out = super()._apply(fn, *args, **kwargs)
-        st = self.densifier.state
-        st.grad_accum, st.count, st.max_radii = fn(st.grad_accum), fn(st.count), fn(st.max_radii)
-        return out
+        self.densifier = Densifier(densify_params(c), n)
+        self._init_training_state()
 
     # -- primitives ----------------------------------------------------------------------------------
     def _sh(self, degree: int) -> Tensor:
@@ -209,7 +181,7 @@ class GaussianSplatting(Scene):
         outs = []
         for c in range(len(cameras)):
             r = render_gaussians(prims, cameras, c, bg, settings)
-            depth = r.depth * _ray_length_per_z(cameras, c, r.depth.device)
+            depth = r.depth * ray_length_per_z(cameras, c, r.depth.device)
             outs.append(RenderOutput(rgb=r.rgb, alpha=r.alpha, depth=depth))
         return outs
 
@@ -230,47 +202,13 @@ class GaussianSplatting(Scene):
             r = render_gaussians(prims, batch.cameras, v, batch.background[v], settings)
             if r.means2d.requires_grad:
                 r.means2d.retain_grad()
-            self._views.append((r.means2d, r.radii, int(batch.cameras.width[v]), int(batch.cameras.height[v])))
+            self._views.append((None, r.means2d, r.radii, int(batch.cameras.width[v]), int(batch.cameras.height[v])))
             rgbs.append(r.rgb)
         pred = rgbs[0][None] if len(rgbs) == 1 else torch.stack(rgbs)
         loss, l1, s = photometric_loss(pred, batch.rgb, self.config.ssim_weight)
         mse = ((pred.detach() - batch.rgb) ** 2).mean()
         return {"loss": loss, "l1": l1.detach(), "ssim": s.detach(), "psnr": psnr(mse),
                 "num_gaussians": torch.tensor(float(len(self)))}
-
-    def _steps(self, value: float) -> float:
-        """A schedule value in steps (``schedule_units``: steps, or a fraction of the run's horizon)."""
-        if self.config.schedule_units == "steps":
-            return float(value)
-        horizon = self._horizon.max_steps if self._horizon is not None else 30000
-        return float(value) * horizon
-
-    def _every(self, step: int, period: float) -> bool:
-        """True when the 1-based iteration ``step + 1`` completes a period (``step + 1 % period == 0`` for integers)."""
-        p = max(1.0, self._steps(period))
-        return math.floor((step + 1) / p) > math.floor(step / p)
-
-    def on_step_begin(self, step: int) -> None:
-        """SH degree ramp: one degree more every ``sh_degree_every`` (never decreasing)."""
-        c = self.config
-        degree = min(c.sh_degree, int((step + 1) // max(1.0, self._steps(c.sh_degree_every))))
-        if degree > int(self.active_sh_degree):
-            self.active_sh_degree.fill_(degree)
-
-    def on_step_end(self, step: int) -> None:
-        """Densification statistics, then clone/split/prune every ``densify_every`` after ``densify_start``
-        and the opacity reset every ``opacity_reset_every``, until ``densify_stop`` (3DGS's schedule)."""
-        c = self.config
-        views, self._views = self._views, []
-        if not self.training or step + 1 >= self._steps(c.densify_stop):
-            return
-        for means2d, radii, w, h in views:
-            self.densifier.accumulate(means2d.grad, radii, w, h)
-        if step + 1 > self._steps(c.densify_start) and self._every(step, c.densify_every):
-            prune_large = step + 1 > self._steps(c.opacity_reset_every)
-            self.last_densify = self.densifier.densify_and_prune(self.param_dict(), self._optimizer, c.extent, prune_large)
-        if self._every(step, c.opacity_reset_every):
-            self.densifier.reset_opacity(self.param_dict(), self._optimizer)
 
     def configure_optimizers(self, max_steps: int):
         """Adam (eps 1e-15) with the paper's per-parameter learning rates; the means' LR decays
@@ -288,38 +226,8 @@ class GaussianSplatting(Scene):
         opt = adam(groups, lr=c.position_lr_init * c.extent, eps=c.adam_eps)
         self._horizon = ExponentialDecay(max_steps, c.position_lr_final / c.position_lr_init)
         self._optimizer = opt
-        factors = [self._horizon] + [_constant] * (len(groups) - 1)
+        factors = [self._horizon] + [constant_lr] * (len(groups) - 1)
         return opt, torch.optim.lr_scheduler.LambdaLR(opt, factors)
-
-    # -- checkpoints ---------------------------------------------------------------------------------------
-    def prepare_load(self, weights: dict[str, Tensor]) -> None:
-        """Resize the parameters to the checkpoint's Gaussian count (same Parameter objects, new ``.data``)."""
-        for name in PARAM_NAMES:
-            w = weights.get(name)
-            p = getattr(self, name)
-            if w is not None and tuple(w.shape[1:]) == tuple(p.shape[1:]) and w.shape[0] != p.shape[0]:
-                p.data = torch.zeros(w.shape, dtype=p.dtype, device=p.device)
-                p.grad = None
-        if len(self.densifier.state) != len(self):
-            self.densifier.reset_statistics(len(self))
-
-    def extra_state(self) -> dict[str, Tensor]:
-        return {EXTRA_PREFIX + k: v for k, v in self.densifier.state_dict().items()}
-
-    def load_extra_state(self, state: dict[str, Tensor]) -> None:
-        own = {k[len(EXTRA_PREFIX):]: v for k, v in state.items() if k.startswith(EXTRA_PREFIX)}
-        if own:
-            self.densifier.load_state_dict(own)
-        if len(self.densifier.state) != len(self):
-            self.densifier.reset_statistics(len(self))
-
-
-def _ray_length_per_z(cameras, c: int, device) -> Tensor:
-    """``[H, W, 1]`` length of the pixel ray per unit camera depth: ``|((u - cx) / fx, (v - cy) / fy, 1)|``."""
-    h, w = int(cameras.height[c]), int(cameras.width[c])
-    u = (torch.arange(w, device=device, dtype=torch.float32) + 0.5 - cameras.cx[c]) / cameras.fx[c]
-    v = (torch.arange(h, device=device, dtype=torch.float32) + 0.5 - cameras.cy[c]) / cameras.fy[c]
-    return torch.sqrt(1.0 + u[None, :] ** 2 + v[:, None] ** 2)[..., None]
 
 
 def build(config: GaussianSplattingConfig, data) -> GaussianSplatting:

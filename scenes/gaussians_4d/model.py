@@ -26,20 +26,26 @@ from torch import Tensor, nn
 
 from omnifield.cuda import ops
 from omnifield.cuda.reference import gaussians4d as ref4d
+from omnifield.cuda.reference.gaussians import SH_C0
 from omnifield.errors import ConfigError
 from omnifield.renderers.gaussians import GaussianPrimitives, GaussianRenderSettings, render_gaussians
 from omnifield.renderers.types import RenderOutput
 from omnifield.scenes._common import ExponentialDecay, adam, default_profile, psnr, scene_extent
-from omnifield.scenes.base import ImageBatch, RenderOptions, Scene
+from omnifield.scenes.base import ImageBatch, RenderOptions
+from omnifield.scenes.gaussian_splatting.base import (
+    GaussianScene,
+    constant_lr,
+    densify_params,
+    initial_sh_dc,
+    ray_length_per_z,
+    train_indices,
+)
 from omnifield.scenes.gaussian_splatting.losses import photometric_loss
 from omnifield.scenes.gaussian_splatting.model import camera_extent, nearest_neighbour_scales
-from omnifield.scenes.gaussian_splatting.strategy import DensifyParams
 from omnifield.scenes.gaussians_4d.config import Gaussians4DConfig
 from omnifield.scenes.gaussians_4d.strategy import Densifier4D
 
-SH_C0 = 0.28209479177387814
 PARAM_NAMES = ("means", "times", "log_scales", "log_scale_t", "q_left", "q_right", "opacity_logits", "sh_dc", "sh_rest")
-EXTRA_PREFIX = "densify."
 
 _PROFILES = {
     "paper": dict(num_random_points=100_000, schedule_units="steps", sh_degree_every=1000.0, densify_start=500.0,
@@ -49,11 +55,6 @@ _PROFILES = {
                 densify_start=0.02, densify_stop=0.6, densify_every=0.01, opacity_reset_every=0.25,
                 max_gaussians=150_000, views_per_batch=2),
 }
-
-
-def _train_indices(data) -> list[int]:
-    split = (getattr(data, "splits", None) or {}).get("train")
-    return list(split) if split else list(range(len(data.cameras)))
 
 
 def time_spacing(times: Tensor) -> float | None:
@@ -80,7 +81,7 @@ def resolve_config(config: Gaussians4DConfig, data) -> Gaussians4DConfig:
     if times is None:
         raise ConfigError("4dgs needs views with times (D-NeRF, N3V, `omnifield data synth --dynamic`); "
                           "use 3dgs for static data")
-    train_times = times[torch.as_tensor(_train_indices(data), dtype=torch.long)]
+    train_times = times[torch.as_tensor(train_indices(data), dtype=torch.long)]
     t0, t1 = config.time_range or (float(times.min()), float(times.max()))
     if not t1 >= t0:
         raise ConfigError(f"4dgs: time_range must have t0 <= t1, got {(t0, t1)}")
@@ -96,7 +97,7 @@ def resolve_config(config: Gaussians4DConfig, data) -> Gaussians4DConfig:
         raise ConfigError(f"4dgs: init_time_scale must be > 0, got {time_scale}")
     extent = config.extent
     if extent is None:
-        extent = camera_extent(data.cameras, _train_indices(data))
+        extent = camera_extent(data.cameras, train_indices(data))
         if not extent > 0:
             extent = scene_extent(torch.as_tensor(data.scene_box))
     background = config.background if config.background is not None else tuple(float(b) for b in data.background)
@@ -144,10 +145,6 @@ def initial_gaussians_4d(config: Gaussians4DConfig, data) -> InitialGaussians4D:
     return InitialGaussians4D(box[0] + u[:, :3] * (box[1] - box[0]), t0 + u[:, 3] * (t1 - t0), None)
 
 
-def _constant(step: int) -> float:
-    return 1.0
-
-
 @dataclass(frozen=True)
 class SliceForm:
     """The time-independent parts of every Gaussian's slice (Yang et al. 2024, eq. 5-6): at time ``t``
@@ -182,12 +179,12 @@ class SliceForm:
         return mu + velocity * dt[:, None], covars.reshape(-1, 3, 3), opacity[:, 0] * marginal, dt
 
 
-class Gaussians4D(Scene):
+class Gaussians4D(GaussianScene):
     """4D Gaussian splatting (implements ``TimeVarying``, ``HasGaussians`` and ``HasPoints``). Trained
     on whole images (``batch_kind = "images"``), ``views_per_batch`` views per step."""
 
     method = "4dgs"
-    batch_kind = "images"
+    param_names = PARAM_NAMES
 
     def __init__(self, config: Gaussians4DConfig, scene_box: Tensor, init: InitialGaussians4D):
         super().__init__(config, scene_box)
@@ -197,11 +194,6 @@ class Gaussians4D(Scene):
         self.time_range = (float(c.time_range[0]), float(c.time_range[1]))
         n = len(init.means)
         k_all = (c.sh_degree + 1) ** 2 * c.n_time
-        gen = torch.Generator().manual_seed(int(c.init_seed) + 1)
-        if init.colors is None:
-            dc = torch.rand(n, 1, 3, generator=gen) / 255.0  # as 3DGS: random SH near zero (grey)
-        else:
-            dc = ((init.colors.float() - 0.5) / SH_C0)[:, None, :]
         identity = torch.zeros(n, 4)
         identity[:, 0] = 1.0
         p = math.log(c.init_opacity / (1.0 - c.init_opacity))
@@ -212,31 +204,10 @@ class Gaussians4D(Scene):
         self.q_left = nn.Parameter(identity.clone())
         self.q_right = nn.Parameter(identity.clone())
         self.opacity_logits = nn.Parameter(torch.full((n,), p))
-        self.sh_dc = nn.Parameter(dc.contiguous())
+        self.sh_dc = nn.Parameter(initial_sh_dc(init.colors, n, c.init_seed))
         self.sh_rest = nn.Parameter(torch.zeros(n, k_all - 1, 3))
-        self.register_buffer("active_sh_degree", torch.zeros((), dtype=torch.long))
-        self.densifier = Densifier4D(DensifyParams(
-            grad_threshold=c.densify_grad_threshold, percent_dense=c.percent_dense, split_count=c.split_count,
-            split_scale_divisor=c.split_scale_divisor, prune_opacity=c.prune_opacity,
-            prune_world_size=c.prune_world_size, prune_screen_size=c.prune_screen_size,
-            opacity_reset_value=c.opacity_reset_value, max_gaussians=int(c.max_gaussians or 0)), n)
-        self._optimizer: torch.optim.Optimizer | None = None
-        self._horizon: ExponentialDecay | None = None
-        self._views: list[tuple[Tensor, Tensor, Tensor, int, int]] = []
-        self.last_densify: dict[str, int] = {}
-
-    def __len__(self) -> int:
-        return self.means.shape[0]
-
-    def param_dict(self) -> dict[str, nn.Parameter]:
-        """The per-Gaussian parameters by name (rows are Gaussians), as the densifier edits them."""
-        return {name: getattr(self, name) for name in PARAM_NAMES}
-
-    def _apply(self, fn, *args, **kwargs):
-        out = super()._apply(fn, *args, **kwargs)
-        st = self.densifier.state
-        st.grad_accum, st.count, st.max_radii = fn(st.grad_accum), fn(st.count), fn(st.max_radii)
-        return out
+        self.densifier = Densifier4D(densify_params(c), n)
+        self._init_training_state()
 
     # -- slicing -------------------------------------------------------------------------------------
     def _coefficients(self, idx: Tensor | None = None) -> Tensor:
@@ -354,7 +325,7 @@ class Gaussians4D(Scene):
                 prims = GaussianPrimitives(means=prims.means[inside], opacities=prims.opacities[inside],
                                            covars=prims.covars[inside], colors=prims.colors[inside])
             r = render_gaussians(prims, cameras, c, bg, settings)
-            depth = r.depth * _ray_length_per_z(cameras, c, r.depth.device)
+            depth = r.depth * ray_length_per_z(cameras, c, r.depth.device)
             outs.append(RenderOutput(rgb=r.rgb, alpha=r.alpha, depth=depth))
         return outs
 
@@ -385,46 +356,6 @@ class Gaussians4D(Scene):
         return {"loss": loss, "l1": l1.detach(), "ssim": s.detach(), "psnr": psnr(mse),
                 "num_gaussians": torch.tensor(float(len(self)))}
 
-    def _steps(self, value: float) -> float:
-        """A schedule value in steps (``schedule_units``: steps, or a fraction of the run's horizon)."""
-        if self.config.schedule_units == "steps":
-            return float(value)
-        horizon = self._horizon.max_steps if self._horizon is not None else 30000
-        return float(value) * horizon
-
-    def _every(self, step: int, period: float) -> bool:
-        """True when the 1-based iteration ``step + 1`` completes a period."""
-        p = max(1.0, self._steps(period))
-        return math.floor((step + 1) / p) > math.floor(step / p)
-
-    def on_step_begin(self, step: int) -> None:
-        """SH degree ramp: one spatial degree more every ``sh_degree_every`` (never decreasing)."""
-        c = self.config
-        degree = min(c.sh_degree, int((step + 1) // max(1.0, self._steps(c.sh_degree_every))))
-        if degree > int(self.active_sh_degree):
-            self.active_sh_degree.fill_(degree)
-
-    def on_step_end(self, step: int) -> None:
-        """Densification statistics of every view (scattered back to all Gaussians), then clone/split/prune
-        every ``densify_every`` after ``densify_start`` and the opacity reset every ``opacity_reset_every``,
-        until ``densify_stop`` (3DGS's schedule)."""
-        c = self.config
-        views, self._views = self._views, []
-        if not self.training or step + 1 >= self._steps(c.densify_stop):
-            return
-        n = len(self)
-        for idx, means2d, radii, w, h in views:
-            if means2d.grad is None:
-                continue
-            grad = means2d.grad.new_zeros(n, 2).index_copy_(0, idx, means2d.grad)
-            full_radii = radii.new_zeros(n).index_copy_(0, idx, radii)
-            self.densifier.accumulate(grad, full_radii, w, h)
-        if step + 1 > self._steps(c.densify_start) and self._every(step, c.densify_every):
-            prune_large = step + 1 > self._steps(c.opacity_reset_every)
-            self.last_densify = self.densifier.densify_and_prune(self.param_dict(), self._optimizer, c.extent, prune_large)
-        if self._every(step, c.opacity_reset_every):
-            self.densifier.reset_opacity(self.param_dict(), self._optimizer)
-
     def configure_optimizers(self, max_steps: int):
         """Adam (eps 1e-15) with per-parameter learning rates: 3DGS's for the spatial terms; the temporal
         means learn ``time_lr_init x time span`` and decay with the spatial means (exponentially to
@@ -447,38 +378,8 @@ class Gaussians4D(Scene):
         opt = adam(groups, lr=c.position_lr_init * c.extent, eps=c.adam_eps)
         self._horizon = ExponentialDecay(max_steps, c.position_lr_final / c.position_lr_init)
         self._optimizer = opt
-        factors = [self._horizon, self._horizon] + [_constant] * (len(groups) - 2)
+        factors = [self._horizon, self._horizon] + [constant_lr] * (len(groups) - 2)
         return opt, torch.optim.lr_scheduler.LambdaLR(opt, factors)
-
-    # -- checkpoints ---------------------------------------------------------------------------------------
-    def prepare_load(self, weights: dict[str, Tensor]) -> None:
-        """Resize the parameters to the checkpoint's Gaussian count (same Parameter objects, new ``.data``)."""
-        for name in PARAM_NAMES:
-            w = weights.get(name)
-            p = getattr(self, name)
-            if w is not None and tuple(w.shape[1:]) == tuple(p.shape[1:]) and w.shape[0] != p.shape[0]:
-                p.data = torch.zeros(w.shape, dtype=p.dtype, device=p.device)
-                p.grad = None
-        if len(self.densifier.state) != len(self):
-            self.densifier.reset_statistics(len(self))
-
-    def extra_state(self) -> dict[str, Tensor]:
-        return {EXTRA_PREFIX + k: v for k, v in self.densifier.state_dict().items()}
-
-    def load_extra_state(self, state: dict[str, Tensor]) -> None:
-        own = {k[len(EXTRA_PREFIX):]: v for k, v in state.items() if k.startswith(EXTRA_PREFIX)}
-        if own:
-            self.densifier.load_state_dict(own)
-        if len(self.densifier.state) != len(self):
-            self.densifier.reset_statistics(len(self))
-
-
-def _ray_length_per_z(cameras, c: int, device) -> Tensor:
-    """``[H, W, 1]`` length of the pixel ray per unit camera depth: ``|((u - cx) / fx, (v - cy) / fy, 1)|``."""
-    h, w = int(cameras.height[c]), int(cameras.width[c])
-    u = (torch.arange(w, device=device, dtype=torch.float32) + 0.5 - cameras.cx[c]) / cameras.fx[c]
-    v = (torch.arange(h, device=device, dtype=torch.float32) + 0.5 - cameras.cy[c]) / cameras.fy[c]
-    return torch.sqrt(1.0 + u[None, :] ** 2 + v[:, None] ** 2)[..., None]
 
 
 def build(config: Gaussians4DConfig, data) -> Gaussians4D:
