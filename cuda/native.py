@@ -97,24 +97,31 @@ def load_cpu_extension(name: str) -> ModuleType | None:
     if native_disabled():
         return None
     sources = _source_paths(name)
-    with _lock:
-        if name in _loaded:
-            return _loaded[name]
-        if name in _errors:
+    return _load_once(name, "C++ CPU kernel", _lock, _loaded, _errors, lambda: _build(name, sources))
+
+
+def _load_once(name: str, what: str, lock: threading.Lock, loaded: dict[str, ModuleType], errors: dict[str, str],
+               build) -> ModuleType | None:
+    """``build()`` once per process under ``lock``, memoised in ``loaded``; a failure is remembered in
+    ``errors`` and warned about once (``RuntimeWarning`` naming the kernel and the reason), then None."""
+    with lock:
+        if name in loaded:
+            return loaded[name]
+        if name in errors:
             return None
         try:
-            module = _build(name, sources)
+            module = build()
         except Exception as exc:  # noqa: BLE001 - any build failure means "use the reference"
             reason = _reason(exc)
-            _errors[name] = reason
+            errors[name] = reason
             warnings.warn(
-                f"omnifield: could not build the C++ CPU kernel {name!r}; using the pure-PyTorch "
+                f"omnifield: could not build the {what} {name!r}; using the pure-PyTorch "
                 f"reference instead. Reason: {reason}",
                 RuntimeWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
             return None
-        _loaded[name] = module
+        loaded[name] = module
         return module
 
 
@@ -260,25 +267,7 @@ def load_cuda_extension(name: str) -> ModuleType | None:
     sources = _cuda_source_paths(name)
     if cuda_unavailable_reason() is not None:
         return None
-    with _cuda_lock:
-        if name in _cuda_loaded:
-            return _cuda_loaded[name]
-        if name in _cuda_errors:
-            return None
-        try:
-            module = _build_cuda(name, sources)
-        except Exception as exc:  # noqa: BLE001 - any build failure means "use the reference"
-            reason = _reason(exc)
-            _cuda_errors[name] = reason
-            warnings.warn(
-                f"omnifield: could not build the CUDA kernel {name!r}; using the pure-PyTorch reference "
-                f"instead. Reason: {reason}",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            return None
-        _cuda_loaded[name] = module
-        return module
+    return _load_once(name, "CUDA kernel", _cuda_lock, _cuda_loaded, _cuda_errors, lambda: _build_cuda(name, sources))
 
 
 def require_cuda_extension(name: str, what: str) -> ModuleType:
