@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -19,6 +20,7 @@ from omnifield.errors import ConfigError, OmnifieldError
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 SPLITS = ("test", "val", "train", "all")
+ENV_BACKEND = "OMNIFIELD_BACKEND"
 
 
 # -- commands ------------------------------------------------------------------------------------
@@ -180,6 +182,38 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_doctor(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from omnifield.cuda.doctor import NONE, diagnose
+
+    report = diagnose(getattr(args, "backend", None), build=args.build)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return 0 if report.ok else 1
+    console = Console()
+    _print_table(["", "environment", "note"], [(r.name, r.value, r.note) for r in report.environment])
+    if report.builds:
+        _print_table(["extension", "build", "details"], [(r.name, r.value, r.note) for r in report.builds])
+    choice = report.backend
+    console.print(f"backend: [bold]{choice.selected}[/bold] ({choice.reason})", highlight=False)
+    no_cuda = {r.cuda_why for r in report.ops if r.cuda == NONE}
+    table = Table("op", "CPU tensors", "why")
+    table.columns[0].no_wrap = table.columns[1].no_wrap = True
+    if not no_cuda:
+        table.add_column("CUDA tensors", no_wrap=True)
+        table.add_column("why")
+    for r in report.ops:
+        table.add_row(r.op, r.cpu, r.cpu_why, *(() if no_cuda else (r.cuda, r.cuda_why)))
+    console.print(table)
+    if no_cuda:
+        console.print(f"CUDA tensors: none here ({'; '.join(sorted(no_cuda))})", highlight=False)
+    if not report.ok:
+        print(f"omnifield: error: backend {choice.requested!r} is unusable here: {choice.reason}", file=sys.stderr)
+    return 0 if report.ok else 1
+
+
 # -- printing ------------------------------------------------------------------------------------
 def _print_table(header: list[str], rows: list[tuple]) -> None:
     from rich.console import Console
@@ -204,19 +238,31 @@ def _positive_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree of ``omnifield`` (also used to document the commands)."""
+    from omnifield.cuda.backend import BACKENDS  # no torch import
+
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="show the full traceback on errors")
+    backend = argparse.ArgumentParser(add_help=False)
+    backend.add_argument("--backend", choices=BACKENDS, default=argparse.SUPPRESS,
+                         help="kernels to use: torch (references), cpp (C++ CPU kernels), cuda, tcnn "
+                              "(sets $OMNIFIELD_BACKEND; default: automatic)")
     parser = argparse.ArgumentParser(prog="omnifield", description="Neural 3D scenes: train, evaluate, render, export.",
-                                     parents=[common])
+                                     parents=[common, backend])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    with_backend = [common, backend]
 
     p = sub.add_parser("methods", parents=[common], help="list the registered methods")
     p.set_defaults(func=cmd_methods)
     _add_data_commands(sub, common)
-    _add_train_command(sub, common)
-    _add_run_commands(sub, common)
-    _add_view_command(sub, common)
+    _add_train_command(sub, with_backend)
+    _add_run_commands(sub, with_backend)
+    _add_view_command(sub, with_backend)
+    p = sub.add_parser("doctor", parents=with_backend,
+                       help="which implementation (reference, C++, CUDA, tcnn) each op runs here, and why")
+    p.add_argument("--build", action="store_true", help="build the kernels that can be built here and report")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_doctor)
     return parser
 
 
@@ -239,8 +285,8 @@ def _add_data_commands(sub, common) -> None:
     p.set_defaults(func=cmd_data_synth)
 
 
-def _add_train_command(sub, common) -> None:
-    p = sub.add_parser("train", parents=[common], help="train a method on a dataset")
+def _add_train_command(sub, parents) -> None:
+    p = sub.add_parser("train", parents=parents, help="train a method on a dataset")
     p.add_argument("method", help="method name (see `omnifield methods`)")
     p.add_argument("--data", help="dataset folder (on --resume: defaults to the run's data)")
     p.add_argument("--out", help="run directory (default runs/<data>-<method>-<time>)")
@@ -261,8 +307,8 @@ def _add_train_command(sub, common) -> None:
     p.set_defaults(func=cmd_train)
 
 
-def _add_run_commands(sub, common) -> None:
-    p = sub.add_parser("eval", parents=[common], help="PSNR / SSIM of a run on a split")
+def _add_run_commands(sub, parents) -> None:
+    p = sub.add_parser("eval", parents=parents, help="PSNR / SSIM of a run on a split")
     p.add_argument("run", help="run directory")
     p.add_argument("--data", help="dataset folder in the training data's original coordinates (default: the training data)")
     p.add_argument("--split", choices=SPLITS, default="test")
@@ -274,7 +320,7 @@ def _add_run_commands(sub, common) -> None:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("render", parents=[common], help="render a camera path to a video or frames")
+    p = sub.add_parser("render", parents=parents, help="render a camera path to a video or frames")
     p.add_argument("run", help="run directory")
     p.add_argument("--path", default="orbit",
                    help="orbit (default), spiral, dataset, train/val/test, or a camera-path JSON")
@@ -291,7 +337,7 @@ def _add_run_commands(sub, common) -> None:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_render)
 
-    p = sub.add_parser("export", parents=[common], help="export a mesh, a point cloud or Gaussian splats")
+    p = sub.add_parser("export", parents=parents, help="export a mesh, a point cloud or Gaussian splats")
     p.add_argument("run", help="run directory")
     p.add_argument("kind", choices=("mesh", "pointcloud", "splat"))
     p.add_argument("--out", required=True,
@@ -306,14 +352,14 @@ def _add_run_commands(sub, common) -> None:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("demo", parents=[common], help="synthesise a scene, train, evaluate, export (no data needed)")
+    p = sub.add_parser("demo", parents=parents, help="synthesise a scene, train, evaluate, export (no data needed)")
     p.add_argument("--out", default="demo", help="output folder (default ./demo)")
     p.add_argument("--minutes", type=float, default=2.0, help="training budget in minutes")
     p.set_defaults(func=cmd_demo)
 
 
-def _add_view_command(sub, common) -> None:
-    p = sub.add_parser("view", parents=[common], help="open a run, a .ply / mesh or a dataset in the desktop viewer")
+def _add_view_command(sub, parents) -> None:
+    p = sub.add_parser("view", parents=parents, help="open a run, a .ply / mesh or a dataset in the desktop viewer")
     p.add_argument("path", help="run directory, .ply / .obj / .glb file, or dataset folder")
     p.add_argument("--screenshot", metavar="FILE.png",
                    help="render the view fully, save it as a PNG and exit (scripting)")
@@ -346,6 +392,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = bool(getattr(args, "debug", False))
+    backend = getattr(args, "backend", None)
+    previous = os.environ.get(ENV_BACKEND)
+    if backend is not None:  # the ops read it per call (omnifield.cuda.backend.resolve_backend)
+        os.environ[ENV_BACKEND] = backend
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
@@ -361,6 +411,12 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(line, file=sys.stderr)
         return EXIT_USAGE
+    finally:
+        if backend is not None:  # restore for in-process callers (tests); a process ends here anyway
+            if previous is None:
+                os.environ.pop(ENV_BACKEND, None)
+            else:
+                os.environ[ENV_BACKEND] = previous
 
 
 if __name__ == "__main__":

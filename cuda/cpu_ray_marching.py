@@ -72,8 +72,11 @@ def march_occupancy_grid_cpu(
     aabb: Tensor,
     step_size: float,
     t_offset: Tensor | None = None,
+    cone_angle: float = 0.0,
+    max_step: float = 1e10,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """March ``R`` rays with a constant step; keep the samples whose midpoint cell is occupied.
+    """March ``R`` rays (constant steps, or cone steps growing with distance); keep the samples
+    whose midpoint cell is occupied.
 
     Args:
         origins, directions: ``[R, 3]``; t_min, t_max: ``[R]`` segment to march (empty when
@@ -81,6 +84,9 @@ def march_occupancy_grid_cpu(
         binaries: ``[Lv, G, G, G]`` bool cascaded occupancy; aabb: ``[2, 3]`` level-0 box.
         step_size: interval length along the ray (world units), > 0.
         t_offset: optional ``[R]`` in ``[0, 1)``: stratified jitter of the first interval, in steps.
+        cone_angle: 0 for constant steps; else the step at distance ``t`` is
+            ``min(max(t * cone_angle, step_size), max_step)`` (Instant-NGP: 1/256 for unbounded scenes).
+        max_step: the largest cone step (>= step_size).
 
     Returns:
         packed ``ray_indices [S]`` int64, ``t_starts [S]``, ``t_ends [S]`` (dtype of the rays) and
@@ -99,6 +105,8 @@ def march_occupancy_grid_cpu(
     _validate_grid(binaries, aabb)
     if not step_size > 0:
         raise ValueError(f"step_size must be > 0, got {step_size}")
+    if not (cone_angle >= 0 and max_step >= step_size):
+        raise ValueError(f"need cone_angle >= 0 and max_step >= step_size, got {cone_angle}, {max_step}")
     if not supports(origins, directions, t_min, t_max, binaries, t_offset):
         raise TypeError(
             "march_occupancy_grid_cpu needs CPU rays of one dtype (float32 or float64) and bool binaries, got "
@@ -109,7 +117,7 @@ def march_occupancy_grid_cpu(
     with torch.no_grad():
         ray_ids, t0, t1, info = _extension().march(
             origins.detach(), directions.detach(), t_min.detach(), t_max.detach(), binaries, box, float(step_size),
-            None if t_offset is None else t_offset.detach(),
+            None if t_offset is None else t_offset.detach(), float(cone_angle), float(max_step),
         )
     return ray_ids, t0, t1, info
 

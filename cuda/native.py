@@ -12,16 +12,28 @@ pure-PyTorch reference). ``OMNIFIELD_NO_NATIVE=1`` disables native kernels.
 :func:`load_cuda_extension` does the same for the CUDA kernels (``CUDA_SOURCES``: ``.cu`` kernels
 free of torch headers plus a ``*_bind.cpp`` glue), and returns ``None`` silently where there is no
 CUDA device.
+
+Both loaders first look for a module built ahead of time by ``pip install`` (``setup.py``, see
+``OMNIFIELD_BUILD_CUDA``) in ``cuda/_prebuilt/``: ``<op>_cpu*.so`` / ``<op>_cuda*.so`` beside a
+``<op>_<kind>.json`` manifest recording the build key. A prebuilt module is imported only when its
+key equals the key of the sources here (:func:`prebuilt_key`; for CUDA also when it was built for
+the visible devices' architectures); a stale or unloadable one is ignored and the op is built just
+in time as usual (:func:`find_prebuilt` says which and why; ``omnifield doctor`` prints it).
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.machinery
+import importlib.util
+import json
 import os
+import re
 import sys
 import sysconfig
 import threading
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
@@ -97,7 +109,8 @@ def load_cpu_extension(name: str) -> ModuleType | None:
     if native_disabled():
         return None
     sources = _source_paths(name)
-    return _load_once(name, "C++ CPU kernel", _lock, _loaded, _errors, lambda: _build(name, sources))
+    return _load_once(name, "C++ CPU kernel", _lock, _loaded, _errors,
+                      lambda: _prebuilt_or_build(name, "cpu", lambda: _build(name, sources)))
 
 
 def _load_once(name: str, what: str, lock: threading.Lock, loaded: dict[str, ModuleType], errors: dict[str, str],
@@ -197,6 +210,17 @@ CUDA_SOURCES: dict[str, tuple[str, ...]] = {
         "gaussians/gaussians_sh_cuda.cu",
         "gaussians/gaussians_cuda_bind.cpp",
     ),
+    # issue 5: radiance-field kernels, two extensions (encodings; marching and compositing)
+    "encodings": (
+        "hash_grid/hash_grid_cuda.cu",
+        "sh/sh_cuda.cu",
+        "hash_grid/encodings_cuda_bind.cpp",
+    ),
+    "marching": (
+        "ray_marching/ray_marching_cuda.cu",
+        "compositing/compositing_cuda.cu",
+        "ray_marching/marching_cuda_bind.cpp",
+    ),
 }
 
 # No --use_fast_math: the kernels follow the references' float operations (IEEE division, expf).
@@ -225,9 +249,12 @@ def _cuda_arch_tag() -> str:
     return ",".join(f"{major}.{minor}" for major, minor in caps)
 
 
-def cuda_build_key(name: str) -> str:
+def cuda_build_key(name: str, with_arch: bool = True) -> str:
     """``<torch version>-cu<CUDA version>-<hash>``: hash of the sources, the headers of their folders,
-    the flags, the target architectures and the Python ABI (the cache folder's suffix)."""
+    the flags, the target architectures and the Python ABI (the cache folder's suffix).
+
+    ``with_arch=False`` leaves the architectures out: the key recorded with a prebuilt module, whose
+    architectures are checked separately (:func:`find_prebuilt`)."""
     sources = _cuda_source_paths(name)
     headers = sorted({h for s in sources for pattern in ("*.h", "*.cuh") for h in s.parent.glob(pattern)})
     h = hashlib.sha256()
@@ -235,7 +262,8 @@ def cuda_build_key(name: str) -> str:
         h.update(path.name.encode())
         h.update(path.read_bytes() if path.is_file() else b"<missing>")
     h.update(" ".join(NVCC_FLAGS + CUDA_HOST_CFLAGS).encode())
-    h.update(_cuda_arch_tag().encode())
+    if with_arch:
+        h.update(_cuda_arch_tag().encode())
     h.update(str(sysconfig.get_config_var("SOABI")).encode())
     return f"{torch.__version__.replace('+', '_')}-cu{torch.version.cuda}-{h.hexdigest()[:12]}"
 
@@ -267,7 +295,8 @@ def load_cuda_extension(name: str) -> ModuleType | None:
     sources = _cuda_source_paths(name)
     if cuda_unavailable_reason() is not None:
         return None
-    return _load_once(name, "CUDA kernel", _cuda_lock, _cuda_loaded, _cuda_errors, lambda: _build_cuda(name, sources))
+    return _load_once(name, "CUDA kernel", _cuda_lock, _cuda_loaded, _cuda_errors,
+                      lambda: _prebuilt_or_build(name, "cuda", lambda: _build_cuda(name, sources)))
 
 
 def require_cuda_extension(name: str, what: str) -> ModuleType:
@@ -302,3 +331,132 @@ def _build_cuda(name: str, sources: list[Path]) -> ModuleType:
         build_directory=str(directory),
         verbose=False,
     )
+
+
+def cuda_build_directory(name: str) -> Path:
+    """Where the CUDA extension ``name`` is (or will be) built just in time."""
+    return cache_root() / f"{name}-cuda-{cuda_build_key(name)}"
+
+
+def cached_library(name: str, kind: str) -> Path | None:
+    """The just-in-time built shared library of op ``name`` (``kind`` ``"cpu"`` or ``"cuda"``) in the
+    cache, or ``None`` when it has not been built yet with the current sources. Builds nothing."""
+    if kind == "cpu":
+        key, directory = build_key(name), build_directory(name)
+    else:
+        key, directory = cuda_build_key(name), cuda_build_directory(name)
+    found = sorted(directory.glob(f"omnifield_{name}_{kind}_{key.rsplit('-', 1)[1]}*.so"))
+    return found[0] if found else None
+
+
+def loaded_from(name: str, kind: str) -> str | None:
+    """Where the extension loaded in this process came from (``"prebuilt by pip install (<path>)"``
+    or ``"built, cached in <folder>"``), ``None`` when it is not loaded."""
+    return _origins.get((name, kind))
+
+
+# --- modules built ahead of time by pip install (setup.py, OMNIFIELD_BUILD_CUDA) ---------------------
+
+#: Folder of the prebuilt modules (``setup.py`` writes them there).
+PREBUILT_DIR = Path(__file__).resolve().parent / "_prebuilt"
+#: File endings of importable prebuilt modules (the interpreter's extension-module suffixes).
+PREBUILT_SUFFIXES: tuple[str, ...] = tuple(importlib.machinery.EXTENSION_SUFFIXES)
+
+_origins: dict[tuple[str, str], str] = {}
+
+
+def prebuilt_key(name: str, kind: str) -> str:
+    """The key a prebuilt module of op ``name`` must record to be used: :func:`build_key` for
+    ``kind="cpu"``, :func:`cuda_build_key` without architectures for ``kind="cuda"``."""
+    if kind == "cpu":
+        return build_key(name)
+    if kind == "cuda":
+        return cuda_build_key(name, with_arch=False)
+    raise ValueError(f"kind must be 'cpu' or 'cuda', got {kind!r}")
+
+
+def prebuilt_module_name(name: str, kind: str) -> str:
+    """``<op>_<kind>``: the module name (and file stem) of a prebuilt extension."""
+    return f"{name}_{kind}"
+
+
+@dataclass(frozen=True)
+class Prebuilt:
+    """What :func:`find_prebuilt` found for one op.
+
+    ``status``: ``"match"`` (usable: ``path`` is the module), ``"absent"`` (none shipped),
+    ``"stale"`` (built from other sources, another torch or another ABI), ``"arch"`` (built for other
+    GPU architectures) or ``"broken"`` (manifest unreadable). ``reason`` says it in words."""
+
+    status: str
+    path: Path | None
+    reason: str
+
+
+def find_prebuilt(name: str, kind: str, directory: Path | None = None) -> Prebuilt:
+    """Look for a prebuilt module of op ``name`` in ``directory`` (default :data:`PREBUILT_DIR`)
+    and compare its recorded key with :func:`prebuilt_key`. Imports and builds nothing."""
+    directory = PREBUILT_DIR if directory is None else Path(directory)
+    stem = prebuilt_module_name(name, kind)
+    modules = [p for suffix in PREBUILT_SUFFIXES for p in sorted(directory.glob(stem + suffix))]
+    manifest = directory / f"{stem}.json"
+    if not modules:
+        return Prebuilt("absent", None, "no prebuilt module (pip install without OMNIFIELD_BUILD_CUDA)")
+    try:
+        recorded = json.loads(manifest.read_text())
+        key = str(recorded["key"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return Prebuilt("broken", modules[0], f"unreadable manifest {manifest}: {exc}")
+    want = prebuilt_key(name, kind)
+    if key != want:
+        return Prebuilt("stale", modules[0], f"prebuilt module is stale (key {key}, sources here: {want})")
+    if kind == "cuda" and not _arch_covered(str(recorded.get("archs", "default"))):
+        return Prebuilt("arch", modules[0], f"prebuilt for GPU architectures {recorded.get('archs')}, "
+                                            f"not for this device ({_cuda_arch_tag()})")
+    return Prebuilt("match", modules[0], f"prebuilt by pip install ({modules[0]})")
+
+
+def _arch_covered(archs: str) -> bool:
+    """Whether code built for ``archs`` (TORCH_CUDA_ARCH_LIST syntax, or ``"default"``) runs on every
+    visible device: an exact ``major.minor`` or a ``+PTX`` entry not newer than the device. Names
+    (``Ampere``) or ``default`` cannot be checked here and count as covering."""
+    tokens = [t for t in re.split(r"[;,\s]+", archs.strip()) if t]
+    parsed = [re.fullmatch(r"(\d+)\.(\d+)(\+PTX)?", t) for t in tokens]
+    if not tokens or archs == "default" or not all(parsed):
+        return True
+    if not torch.cuda.is_available():
+        return True
+    built = [((int(m.group(1)), int(m.group(2))), bool(m.group(3))) for m in parsed]
+    for i in range(torch.cuda.device_count()):
+        cap = torch.cuda.get_device_capability(i)
+        if not any(b == cap or (ptx and b <= cap) for b, ptx in built):
+            return False
+    return True
+
+
+def _import_prebuilt(path: Path, name: str, kind: str) -> ModuleType:
+    """Import the extension module at ``path`` (its init function is ``PyInit_<op>_<kind>``)."""
+    full = f"omnifield.cuda._prebuilt.{prebuilt_module_name(name, kind)}"
+    spec = importlib.util.spec_from_file_location(full, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _prebuilt_or_build(name: str, kind: str, build) -> ModuleType:
+    """The matching prebuilt module of ``name`` if there is one and it imports, else ``build()``."""
+    found = find_prebuilt(name, kind)
+    if found.status == "match":
+        try:
+            module = _import_prebuilt(found.path, name, kind)
+        except Exception as exc:  # noqa: BLE001 - an unloadable prebuilt module means "build it here"
+            print(f"omnifield: ignoring the prebuilt {kind} module {found.path} ({_reason(exc)}); "
+                  "building just in time", file=sys.stderr)
+        else:
+            _origins[(name, kind)] = found.reason
+            return module
+    module = build()
+    _origins[(name, kind)] = f"built, cached in {Path(getattr(module, '__file__', '') or '.').parent}"
+    return module

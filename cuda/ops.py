@@ -14,7 +14,9 @@ from omnifield.cuda import cpu_compositing as _cpu_comp
 from omnifield.cuda import cpu_gaussians as _cpu_gs
 from omnifield.cuda import cpu_hash_grid as _cpu_hash
 from omnifield.cuda import cpu_ray_marching as _cpu_march
+from omnifield.cuda import cuda_encodings as _cuda_enc
 from omnifield.cuda import cuda_gaussians as _cuda_gs
+from omnifield.cuda import cuda_marching as _cuda_march
 from omnifield.cuda.backend import resolve_backend
 from omnifield.cuda.reference import compositing as _comp
 from omnifield.cuda.reference import gaussians as _gs
@@ -25,46 +27,73 @@ from omnifield.cuda.reference import ray_aabb as _aabb
 from omnifield.cuda.reference import sh_encoding as _sh
 
 
-def _impl(module, name: str, backend: str | None):
-    resolve_backend(backend)  # validates and warns once; only the reference exists so far
-    return getattr(module, name)
+def _native(backend: str | None) -> bool:
+    """Whether native kernels (C++ on CPU tensors, CUDA on CUDA tensors) may run."""
+    return resolve_backend(backend) in ("cpp", "cuda", "tcnn")
+
+
+def _cuda(module, backend: str | None, *tensors) -> bool:
+    """Whether the CUDA kernels of ``module`` take these tensors (``cuda`` backend, CUDA tensors, built)."""
+    return resolve_backend(backend) in ("cuda", "tcnn") and module.supports(*tensors) and module.available()
 
 
 def hash_encode(x: Tensor, table: Tensor, resolutions: Tensor, offsets: Tensor, backend: str | None = None) -> Tensor:
-    """Multiresolution hash encoding ``x [N, 3]`` in ``[0,1]^3`` -> ``[N, L * F]`` (see reference docs).
+    """Multiresolution hash encoding ``x [N, 3]`` in ``[0,1]^3`` -> ``[N, L * F]`` in ``x``'s dtype (see
+    the reference docs). ``table`` may be float16 (the half-precision table option: read in half,
+    accumulated in float32). Differentiable w.r.t. ``table`` and ``x``; on CUDA twice w.r.t. ``x``
+    (NeuS2's eikonal loss) through :func:`hash_encode_input_grad`.
 
-    On CPU tensors with the ``cpp`` backend (the default without a GPU) this runs the C++/OpenMP
-    kernel of ``cuda/csrc/hash_grid`` (built on first use, 4-10x faster); otherwise the reference.
+    CUDA tensors run ``cuda/csrc/hash_grid``; CPU tensors with the ``cpp`` backend (the default
+    without a GPU) the C++/OpenMP kernel (4-10x faster than the reference); otherwise the reference.
     """
-    name = resolve_backend(backend)
-    if name in ("cpp", "cuda") and _cpu_hash.supports(x, table) and _cpu_hash.available():
+    if _cuda(_cuda_enc, backend, x, table):
+        return _cuda_enc.hash_encode(x, table, resolutions, offsets)
+    if table.dtype != x.dtype:
+        table = table.to(x.dtype)
+    if _native(backend) and _cpu_hash.supports(x, table) and _cpu_hash.available():
         return _cpu_hash.hash_encode_cpu(x, table, resolutions, offsets)
     return _hash.hash_encode(x, table, resolutions, offsets)
 
 
+def hash_encode_input_grad(grad_out: Tensor, x: Tensor, table: Tensor, resolutions: Tensor, offsets: Tensor,
+                           backend: str | None = None) -> Tensor:
+    """``d(sum grad_out * hash_encode(x)) / dx`` ``[N, 3]``, differentiable w.r.t. ``grad_out`` and
+    ``table`` (the double backward of the encoding; NeuS2's eikonal loss)."""
+    if _cuda(_cuda_enc, backend, grad_out, x, table):
+        return _cuda_enc.hash_encode_input_grad(grad_out, x, table, resolutions, offsets)
+    return _hash.hash_encode_input_grad(grad_out, x, table.to(x.dtype), resolutions, offsets)
+
+
 def sh_encode(directions: Tensor, degree: int, backend: str | None = None) -> Tensor:
-    """Real SH of unit ``directions [N, 3]`` -> ``[N, degree**2]`` (tiny-cuda-nn basis)."""
-    return _impl(_sh, "sh_encode", backend)(directions, degree)
+    """Real SH of unit ``directions [N, 3]`` -> ``[N, degree**2]`` (tiny-cuda-nn basis); differentiable."""
+    if _cuda(_cuda_enc, backend, directions):
+        return _cuda_enc.sh_encode(directions, degree)
+    return _sh.sh_encode(directions, degree)
 
 
 def ray_aabb_intersect(origins: Tensor, directions: Tensor, aabb: Tensor, backend: str | None = None):
     """Slab test -> ``(t_min [R], t_max [R], hit [R])``."""
-    return _impl(_aabb, "ray_aabb_intersect", backend)(origins, directions, aabb)
+    if _cuda(_cuda_march, backend, origins, directions):
+        return _cuda_march.ray_aabb_intersect(origins, directions, aabb)
+    return _aabb.ray_aabb_intersect(origins, directions, aabb)
 
 
-def _native(backend: str | None) -> bool:
-    return resolve_backend(backend) in ("cpp", "cuda")
+def march_occupancy_grid(origins, directions, t_min, t_max, binaries, aabb, step_size, t_offset=None,
+                         cone_angle=0.0, max_step=1e10, backend=None):
+    """Occupancy-grid marching with empty-space skipping -> packed ``(ray_indices, t_starts, t_ends, packed_info)``.
 
-
-def march_occupancy_grid(origins, directions, t_min, t_max, binaries, aabb, step_size, t_offset=None, backend=None):
-    """Constant-step marching with empty-space skipping -> packed ``(ray_indices, t_starts, t_ends, packed_info)``.
-
-    C++ CPU kernel (bit-identical to the reference) on CPU tensors with the ``cpp`` backend.
+    Constant steps, or steps growing with distance when ``cone_angle > 0`` (see the reference). The
+    CUDA and C++ CPU kernels give the reference's samples bit for bit.
     """
+    if _cuda(_cuda_march, backend, origins, directions, t_min, t_max, binaries):
+        return _cuda_march.march_occupancy_grid(origins, directions, t_min, t_max, binaries, aabb, step_size,
+                                                t_offset, cone_angle, max_step)
     if _native(backend) and _cpu_march.supports(origins, directions, t_min, t_max, binaries, t_offset) \
             and _cpu_march.available():
-        return _cpu_march.march_occupancy_grid_cpu(origins, directions, t_min, t_max, binaries, aabb, step_size, t_offset)
-    return _occ.march_occupancy_grid(origins, directions, t_min, t_max, binaries, aabb, step_size, t_offset)
+        return _cpu_march.march_occupancy_grid_cpu(origins, directions, t_min, t_max, binaries, aabb, step_size,
+                                                   t_offset, cone_angle, max_step)
+    return _occ.march_occupancy_grid(origins, directions, t_min, t_max, binaries, aabb, step_size, t_offset,
+                                     cone_angle, max_step)
 
 
 def grid_lookup(points: Tensor, binaries: Tensor, aabb: Tensor, backend: str | None = None) -> Tensor:
@@ -75,21 +104,41 @@ def grid_lookup(points: Tensor, binaries: Tensor, aabb: Tensor, backend: str | N
 
 
 def occupancy_ema_update(occs: Tensor, cell_ids: Tensor, values: Tensor, decay: float, backend: str | None = None) -> Tensor:
-    """In-place ``occs[c] = max(occs[c] * decay, v)``."""
-    return _impl(_occ, "occupancy_ema_update", backend)(occs, cell_ids, values, decay)
+    """In-place ``occs[c] = max(occs[c] * decay, v)`` (duplicates keep the largest ``v``); returns ``occs``."""
+    if _cuda(_cuda_march, backend, occs, cell_ids, values):
+        return _cuda_march.occupancy_ema_update(occs, cell_ids, values, decay)
+    return _occ.occupancy_ema_update(occs, cell_ids, values, decay)
 
 
 def render_weights(sigmas, t_starts, t_ends, ray_indices, packed_info, backend=None):
     """Packed emission-absorption ``(weights, transmittance, alphas)``, each ``[S]``; differentiable
-    (first order; the C++ CPU kernel on CPU tensors with the ``cpp`` backend)."""
+    (first order; CUDA kernel on CUDA tensors, C++ CPU kernel on CPU tensors with the ``cpp`` backend)."""
+    if _cuda(_cuda_march, backend, sigmas, t_starts, t_ends, packed_info):
+        return _cuda_march.render_weights(sigmas, t_starts, t_ends, ray_indices, packed_info)
     if _native(backend) and _cpu_comp.supports(sigmas, t_starts, t_ends, packed_info) and _cpu_comp.available():
         return _cpu_comp.render_weights_cpu(sigmas, t_starts, t_ends, ray_indices, packed_info)
     return _comp.render_weights(sigmas, t_starts, t_ends, ray_indices, packed_info)
 
 
 def accumulate_along_rays(weights, values, ray_indices, n_rays, backend=None):
-    """Per-ray weighted sums ``[R, k]``; differentiable."""
-    return _impl(_comp, "accumulate_along_rays", backend)(weights, values, ray_indices, n_rays)
+    """Per-ray weighted sums ``[R, k]``; differentiable (``index_add``, fast on every device)."""
+    return _comp.accumulate_along_rays(weights, values, ray_indices, n_rays)
+
+
+def composite_rays(sigmas, values, t_starts, t_ends, ray_indices, packed_info, early_stop_eps=0.0, backend=None):
+    """Fused compositing with early termination -> ``(out [R, C], depth [R] = sum w t_mid, acc [R])``;
+    differentiable w.r.t. ``sigmas`` and ``values`` (CUDA: one kernel per direction)."""
+    if _cuda(_cuda_march, backend, sigmas, values, t_starts, t_ends, packed_info):
+        return _cuda_march.composite_rays(sigmas, values, t_starts, t_ends, ray_indices, packed_info, early_stop_eps)
+    n_rays = packed_info.shape[0]
+    weights, trans, _ = render_weights(sigmas, t_starts, t_ends, ray_indices, packed_info, backend)
+    if early_stop_eps > 0:
+        weights = weights * (trans.detach() >= early_stop_eps).to(weights.dtype)
+    t_mid = (0.5 * (t_starts + t_ends)).detach()
+    out = _comp.accumulate_along_rays(weights, values, ray_indices, n_rays)
+    depth = _comp.accumulate_along_rays(weights, t_mid[:, None], ray_indices, n_rays)[:, 0]
+    acc = _comp.accumulate_along_rays(weights, None, ray_indices, n_rays)[:, 0]
+    return out, depth, acc
 
 
 packed_info_from_ray_indices = _comp.packed_info_from_ray_indices
@@ -108,7 +157,7 @@ spatial_hash = _hash.spatial_hash
 
 def _gs_cuda(backend: str | None, *tensors) -> bool:
     """Whether the CUDA Gaussian kernels take these tensors."""
-    return resolve_backend(backend) == "cuda" and _cuda_gs.supports(*tensors) and _cuda_gs.available()
+    return _cuda(_cuda_gs, backend, *tensors)
 
 
 def quat_scale_to_covar(quats: Tensor, scales: Tensor, backend: str | None = None) -> Tensor:

@@ -13,6 +13,9 @@ import torch
 from torch import Tensor, nn
 
 from omnifield.cuda import ops
+from omnifield.cuda.backend import resolve_backend
+
+TABLE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
 class FrequencyEncoding(nn.Module):
@@ -74,6 +77,11 @@ class HashGridConfig:
     """N_max: cells per side of the finest level (paper: 2048 x scene extent)."""
     init_scale: float = 1e-4
     """Table entries start uniform in [-init_scale, init_scale]."""
+    table_dtype: str = "float32"
+    """Precision the table is read in: "float32", or "float16" (the float32 master table is passed
+    to the encoding as ``.half()`` each forward: half the memory traffic; the CUDA kernel accumulates
+    in float32; the table gradient comes back in half precision and is added to the float32 master;
+    on CPU the rounding is emulated; with the tcnn backend its grid runs in half precision)."""
 
     def __post_init__(self):
         if self.n_levels < 1 or self.n_features < 1:
@@ -82,6 +90,8 @@ class HashGridConfig:
             raise ValueError(f"log2_table_size must be in 1..30, got {self.log2_table_size}")
         if self.max_resolution < self.base_resolution or self.base_resolution < 1:
             raise ValueError(f"need 1 <= base_resolution <= max_resolution, got {self.base_resolution}, {self.max_resolution}")
+        if self.table_dtype not in TABLE_DTYPES:
+            raise ValueError(f"table_dtype must be one of {sorted(TABLE_DTYPES)}, got {self.table_dtype!r}")
 
 
 def level_resolutions(config: HashGridConfig) -> Tensor:
@@ -104,18 +114,38 @@ class HashGridEncoding(nn.Module):
     """Multiresolution hash encoding: ``x [N, 3]`` in ``[0, 1]^3`` -> ``[N, L * F]``.
 
     One parameter ``table [rows, F]`` holds every level. Gradients reach the table and ``x``.
+
+    With the ``tcnn`` backend selected at construction (``backend`` argument, else
+    ``$OMNIFIELD_BACKEND``; tinycudann importable and a GPU) tiny-cuda-nn's grid runs instead
+    (:mod:`omnifield.cuda.tcnn_backend`: the mapped configuration, its differences from ours);
+    ``table`` is then tcnn's flat float32 parameter vector and ``backend == "tcnn"``.
     """
 
-    def __init__(self, config: HashGridConfig = HashGridConfig()):
+    def __init__(self, config: HashGridConfig = HashGridConfig(), backend: str | None = None):
         super().__init__()
         self.config = config
         res, off = hash_grid_layout(config)
         self.register_buffer("resolutions", res, persistent=False)
         self.register_buffer("offsets", off, persistent=False)
+        self.out_dim = config.n_levels * config.n_features
+        self.backend = "omnifield"
+        if resolve_backend(backend) == "tcnn":
+            from omnifield.cuda import tcnn_backend
+
+            why = tcnn_backend.grid_unsupported_reason(config)
+            if why is None:
+                impl = tcnn_backend.TcnnHashGrid(config)
+                self.table = impl.params  # the state dict holds only "table" (tcnn's flat layout)
+                self.__dict__["_tcnn"] = impl  # not a submodule: its one parameter is registered above
+                self.backend = "tcnn"
+                return
+            tcnn_backend.warn_once("HashGridEncoding", why)
         s = config.init_scale
         self.table = nn.Parameter(torch.empty(int(off[-1]), config.n_features).uniform_(-s, s))
-        self.out_dim = config.n_levels * config.n_features
 
     def forward(self, x: Tensor) -> Tensor:
         """``x [N, 3]`` (clamped to the unit cube) -> ``[N, L * F]``."""
-        return ops.hash_encode(x, self.table, self.resolutions, self.offsets)
+        if self.backend == "tcnn":
+            return self.__dict__["_tcnn"](x)
+        table = self.table.half() if self.config.table_dtype == "float16" else self.table
+        return ops.hash_encode(x, table, self.resolutions, self.offsets)

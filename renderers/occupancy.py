@@ -4,8 +4,9 @@
 cascade of ``levels`` grids of ``resolution^3`` cells, level ``i`` covering ``aabb`` scaled by
 ``2^i`` about its centre (one level for bounded scenes). Each cell stores an exponential moving
 maximum of ``density * step_size`` (an opacity estimate of one marching step); ``binaries`` marks the
-cells above ``min(mean, threshold)``. The sampler marches rays with a constant step and keeps only
-samples in occupied cells, then (given ``sigma_fn``) drops samples behind an opaque surface.
+cells above ``min(mean, threshold)``. The sampler marches rays with a constant step (or, with a
+``cone_angle``, a step growing with distance: Instant-NGP's cone marching for unbounded scenes) and
+keeps only samples in occupied cells, then (given ``sigma_fn``) drops samples behind an opaque surface.
 """
 
 from __future__ import annotations
@@ -63,13 +64,17 @@ class OccupancyGrid(nn.Module):
         warmup_steps: int = 256,
         fraction: float = 0.25,
         chunk: int = 2**16,
+        cone_angle: float = 0.0,
+        max_step: float = 1e10,
     ) -> None:
         """One EMA update (nerfacc ``_update``): every cell before ``warmup_steps``, afterwards
         ``fraction`` of the cells at random plus as many occupied ones.
 
         ``density_fn(x [N, 3]) -> [N]`` is evaluated at a random point of each chosen cell; the cell
-        value becomes ``max(decay * old, density * step_size)`` and ``binaries`` is recomputed with
-        threshold ``min(mean, threshold)``.
+        value becomes ``max(decay * old, density * dt)`` and ``binaries`` is recomputed with
+        threshold ``min(mean, threshold)``. ``dt`` is the marching step there: ``step_size``, or with cone
+        marching (``cone_angle > 0``) ``min(step_size * 2^level, max_step)``, the step the sampler takes
+        about that far out (Instant-NGP scales the step of cascade level ``l`` by ``2^l``).
         """
         device = self.occs.device
         if step < warmup_steps:
@@ -88,7 +93,11 @@ class OccupancyGrid(nn.Module):
         for i in range(0, ids.shape[0], chunk):
             sel = ids[i : i + chunk]
             x = ops.cell_points(sel, self.levels, self.resolution, self.aabb, torch.rand(sel.shape[0], 3, device=device))
-            values[i : i + chunk] = density_fn(x).reshape(-1).float() * step_size
+            dt = step_size
+            if cone_angle > 0:
+                level = torch.div(sel, self.cells_per_level, rounding_mode="floor").float()
+                dt = torch.clamp(step_size * torch.exp2(level), max=max_step)
+            values[i : i + chunk] = density_fn(x).reshape(-1).float() * dt
         ops.occupancy_ema_update(self.occs, ids, values, ema_decay)
         self.binaries.copy_(ops.occupancy_binarize(self.occs, threshold).view_as(self.binaries))
 
@@ -103,8 +112,10 @@ class OccupancyGrid(nn.Module):
         alpha_thre: float = 0.0,
         early_stop_eps: float = 1e-4,
         stratified: bool = False,
+        cone_angle: float = 0.0,
+        max_step: float = 1e10,
     ) -> PackedSamples:
-        """Constant-step samples in occupied cells, packed.
+        """Samples in occupied cells, packed: constant steps, or growing ones with ``cone_angle``.
 
         Args:
             rays: ``R`` rays; near, far: scalars or ``[R]`` bounds (clipped to the grid box).
@@ -113,6 +124,9 @@ class OccupancyGrid(nn.Module):
                 samples with ``alpha < alpha_thre`` or transmittance ``< early_stop_eps`` are dropped
                 (early ray termination, evaluated without grad).
             stratified: jitter the first sample of each ray (training).
+            cone_angle: 0 for constant steps; else the step at distance ``t`` is
+                ``min(max(t * cone_angle, step_size), max_step)`` (Instant-NGP uses 1/256 for unbounded scenes).
+            max_step: the largest step of cone marching.
 
         Returns:
             :class:`PackedSamples` (not differentiable: the model re-evaluates its fields on them).
@@ -124,7 +138,8 @@ class OccupancyGrid(nn.Module):
         t_min = torch.maximum(t0, near_t)
         t_max = torch.minimum(t1, far_t)
         offset = torch.rand(len(rays), device=o.device) if stratified else None
-        ray_ids, ts, te, info = ops.march_occupancy_grid(o, d, t_min, t_max, self.binaries, self.aabb, step_size, offset)
+        ray_ids, ts, te, info = ops.march_occupancy_grid(o, d, t_min, t_max, self.binaries, self.aabb, step_size, offset,
+                                                        cone_angle, max_step)
         if sigma_fn is not None and ray_ids.numel() > 0:
             sigmas = sigma_fn(ts, te, ray_ids).reshape(-1)
             _, trans, alphas = ops.render_weights(sigmas, ts, te, ray_ids, info)

@@ -1,4 +1,5 @@
-"""The C++ CPU ray-marching kernel against the pure-PyTorch oracle: bit-identical samples.
+"""The C++ CPU ray-marching kernel against the pure-PyTorch oracle: bit-identical samples (constant and
+cone steps).
 
 The extension is built once per session (module fixture) and cached on disk for later sessions;
 every test here skips, with the reason, where no compiler is present or the build fails.
@@ -69,6 +70,32 @@ def test_samples_identical_to_reference(ext, dtype, levels, jitter):
     _assert_identical(got, ref)
     counts = ref[3][:, 1]
     assert ref[0].numel() > 1000 and (counts == 0).sum() > 100  # many samples, many empty rays
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("levels", [1, 3])
+@pytest.mark.parametrize("jitter", [False, True])
+@pytest.mark.parametrize("cone_angle", [1 / 256, 0.05])
+def test_cone_samples_identical_to_reference(ext, dtype, levels, jitter, cone_angle):
+    """Cone marching (``dt = clamp(t * cone_angle, step, max_step)``): the reference's samples bit for bit."""
+    o, d, t_min, t_max = _rays(2000, levels, dtype, near=0.05)
+    bins = _grid(levels, 24)
+    offset = torch.rand(o.shape[0], dtype=dtype) if jitter else None
+    step, max_step = math.sqrt(3) * 2 / 128, 0.07
+    ref = march_occupancy_grid(o, d, t_min, t_max, bins, AABB, step, offset, cone_angle, max_step)
+    got = cpu_ray_marching.march_occupancy_grid_cpu(o, d, t_min, t_max, bins, AABB, step, offset, cone_angle, max_step)
+    _assert_identical(got, ref)
+    assert ref[0].numel() > 500 and (ref[3][:, 1] == 0).sum() > 100
+
+
+def test_cone_stops_without_progress_like_reference(ext):
+    """t + dt rounds back to t (tiny step far away): both stop the ray after one interval."""
+    o, d = torch.zeros(3, 3), torch.eye(3)
+    t_min, t_max = torch.full((3,), 1e4), torch.full((3,), 2e4)
+    bins, box = torch.ones(1, 4, 4, 4, dtype=torch.bool), torch.tensor([[-3e4] * 3, [3e4] * 3])
+    ref = march_occupancy_grid(o, d, t_min, t_max, bins, box, 1e-8, None, 1e-14)
+    _assert_identical(cpu_ray_marching.march_occupancy_grid_cpu(o, d, t_min, t_max, bins, box, 1e-8, None, 1e-14), ref)
+    assert ref[0].tolist() == [0, 1, 2]
 
 
 def test_far_plane_and_rays_starting_inside(ext):
@@ -160,6 +187,8 @@ def test_bad_inputs_raise(ext):
         march(o, d, t_min, t_max, bins[0], AABB, 0.1)
     with pytest.raises(ValueError, match="step_size"):
         march(o, d, t_min, t_max, bins, AABB, 0.0)
+    with pytest.raises(ValueError, match="max_step"):
+        march(o, d, t_min, t_max, bins, AABB, 0.1, None, 0.01, 0.05)
     assert not cpu_ray_marching.supports(o, d, t_min.double(), t_max, bins)
     assert not cpu_ray_marching.supports(o.half(), d.half(), t_min.half(), t_max.half(), bins)
     assert cpu_ray_marching.supports(o, d, t_min, t_max, bins, torch.rand(10))

@@ -103,3 +103,89 @@ def test_stratified_and_pdf_sampling():
     assert float(inside) > 0.95
     packed = edges_to_packed(e)
     assert len(packed) == 32 and packed.packed_info[:, 1].tolist() == [8] * 4
+
+
+def _random_packed(n_rays: int, gen: torch.Generator):
+    counts = torch.randint(0, 12, (n_rays,), generator=gen)
+    counts[0] = 0  # an empty ray
+    ri = torch.repeat_interleave(torch.arange(n_rays), counts)
+    ts = torch.rand(len(ri), generator=gen) * 2
+    te = ts + torch.rand(len(ri), generator=gen) * 0.3
+    return PackedSamples(ri, ts, te, ops.packed_info_from_ray_indices(ri, n_rays))
+
+
+def test_fused_composite_at_eps_0_equals_weights_then_sums():
+    # composite() without normals runs ops.composite_rays; at early_stop_eps 0 it is the old
+    # render_weights + accumulate path, bit for bit on the CPU, gradients included.
+    gen = torch.Generator().manual_seed(3)
+    s = _random_packed(40, gen)
+    rgb = torch.rand(len(s), 3, generator=gen, requires_grad=True)
+    sigma = (torch.rand(len(s), generator=gen) * 8).requires_grad_(True)
+    bg = torch.tensor([0.1, 0.5, 0.9])
+    out = composite(s, rgb, sigma, 40, bg)
+    w, _, _ = ops.render_weights(sigma, s.t_starts, s.t_ends, s.ray_indices, s.packed_info)
+    color = ops.accumulate_along_rays(w, rgb, s.ray_indices, 40)
+    acc = ops.accumulate_along_rays(w, None, s.ray_indices, 40)
+    depth = ops.accumulate_along_rays(w, s.t_mid[:, None], s.ray_indices, 40) / acc.clamp_min(1e-10)
+    old_rgb = color + (1.0 - acc) * bg
+    assert torch.equal(out.rgb, old_rgb) and torch.equal(out.alpha, acc) and torch.equal(out.depth, depth)
+    up = torch.rand(40, 3, generator=gen)
+    g_new = torch.autograd.grad((out.rgb * up).sum() + out.depth.sum(), (rgb, sigma))
+    g_old = torch.autograd.grad((old_rgb * up).sum() + depth.sum(), (rgb, sigma))
+    for a, b in zip(g_new, g_old):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_composite_early_termination_equals_dropping_the_samples(tol):
+    # With early_stop_eps > 0 a sample whose transmittance is below eps adds nothing: the same as
+    # compositing only the samples the sampler's early termination keeps (normals path too).
+    gen = torch.Generator().manual_seed(4)
+    s = _random_packed(30, gen)
+    rgb = torch.rand(len(s), 3, generator=gen)
+    normals = torch.rand(len(s), 3, generator=gen)
+    sigma = torch.rand(len(s), generator=gen) * 40
+    bg = torch.tensor([0.3, 0.2, 0.1])
+    eps = 1e-2
+    _, trans, _ = ops.render_weights(sigma, s.t_starts, s.t_ends, s.ray_indices, s.packed_info)
+    keep = trans >= eps
+    assert 0 < int(keep.sum()) < len(s)
+    ri = s.ray_indices[keep]
+    kept = PackedSamples(ri, s.t_starts[keep], s.t_ends[keep], ops.packed_info_from_ray_indices(ri, 30))
+    ref = composite(kept, rgb[keep], sigma[keep], 30, bg, normals=normals[keep])
+    f = tol["float32"]
+    for with_normals in (False, True):
+        out = composite(s, rgb, sigma, 30, bg, normals=normals if with_normals else None, early_stop_eps=eps)
+        torch.testing.assert_close(out.rgb, ref.rgb, **f)
+        torch.testing.assert_close(out.alpha, ref.alpha, **f)
+        torch.testing.assert_close(out.depth, ref.depth, **f)
+        if with_normals:
+            torch.testing.assert_close(out.normals, ref.normals, **f)
+    full = composite(s, rgb, sigma, 30, bg)
+    assert float((full.alpha - ref.alpha).abs().max()) > 0  # eps really cut something
+
+
+def test_occupancy_grid_cone_marching_takes_fewer_samples_far_away():
+    grid = OccupancyGrid(torch.tensor([[-1.0, -1, -1], [1, 1, 1]]), resolution=8, levels=3)
+    n = 16
+    o = torch.tensor([[0.0, 0.0, -3.9]]).expand(n, 3).contiguous()
+    d = torch.nn.functional.normalize(torch.rand(n, 3) * 0.2 + torch.tensor([0.0, 0.0, 1.0]), dim=-1)
+    rays = RayBundle(o, d)
+    const = grid.sample(rays, 0.0, 10.0, 0.01)
+    cone = grid.sample(rays, 0.0, 10.0, 0.01, cone_angle=1 / 64)
+    assert 0 < len(cone) < len(const) / 2
+    steps = cone.t_ends - cone.t_starts
+    assert bool((steps <= torch.clamp(cone.t_starts / 64, min=0.01) * (1 + 1e-5)).all())
+    assert float(steps.max()) > 0.05  # t up to ~5: steps grew past 5x the base step
+    capped = grid.sample(rays, 0.0, 10.0, 0.01, cone_angle=1 / 64, max_step=0.02)
+    assert float((capped.t_ends - capped.t_starts).max()) <= 0.02 + 1e-6
+
+
+def test_occupancy_update_scales_the_step_per_level_with_cone_marching():
+    grid = OccupancyGrid(torch.tensor([[-1.0, -1, -1], [1, 1, 1]]), resolution=4, levels=3)
+    cone = OccupancyGrid(torch.tensor([[-1.0, -1, -1], [1, 1, 1]]), resolution=4, levels=3)
+    ones = lambda x: torch.ones(x.shape[0])  # noqa: E731
+    grid.update(0, ones, 0.01, warmup_steps=10)
+    cone.update(0, ones, 0.01, warmup_steps=10, cone_angle=1 / 256, max_step=0.03)
+    per_level = cone.occs.view(3, -1)
+    torch.testing.assert_close(grid.occs, torch.full_like(grid.occs, 0.01))
+    torch.testing.assert_close(per_level[:, 0], torch.tensor([0.01, 0.02, 0.03]))  # 2^l steps, capped

@@ -44,6 +44,33 @@ def accumulate_along_rays(weights: Tensor, values: Tensor | None, ray_indices: T
     return out.index_add(0, ray_indices, src)
 
 
+def composite_rays(
+    sigmas: Tensor,
+    values: Tensor,
+    t_starts: Tensor,
+    t_ends: Tensor,
+    ray_indices: Tensor,
+    packed_info: Tensor,
+    early_stop_eps: float = 0.0,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Fused emission-absorption compositing of packed samples with early ray termination.
+
+    A sample contributes ``w_i = T_i alpha_i`` while ``T_i >= early_stop_eps`` (Instant-NGP's
+    termination; 0 keeps every sample). Inputs ``sigmas [S]``, ``values [S, C]``, intervals ``[S]``,
+    packed ``ray_indices``/``packed_info [R, 2]``. Returns ``(out [R, C] = sum w v``, ``depth [R] = sum
+    w t_mid`` (not normalised), ``acc [R] = sum w)``, differentiable w.r.t. ``sigmas`` and ``values``.
+    """
+    n_rays = packed_info.shape[0]
+    weights, trans, _ = render_weights(sigmas, t_starts, t_ends, ray_indices, packed_info)
+    if early_stop_eps > 0:
+        weights = weights * (trans.detach() >= early_stop_eps).to(weights.dtype)
+    out = accumulate_along_rays(weights, values, ray_indices, n_rays)
+    t_mid = (0.5 * (t_starts + t_ends)).detach()
+    depth = accumulate_along_rays(weights, t_mid[:, None], ray_indices, n_rays)[:, 0]
+    acc = accumulate_along_rays(weights, None, ray_indices, n_rays)[:, 0]
+    return out, depth, acc
+
+
 def packed_info_from_ray_indices(ray_indices: Tensor, n_rays: int) -> Tensor:
     """``[R, 2]`` (first sample, count) from sorted ``ray_indices [S]``."""
     counts = torch.bincount(ray_indices, minlength=n_rays) if ray_indices.numel() else torch.zeros(n_rays, dtype=torch.long, device=ray_indices.device)

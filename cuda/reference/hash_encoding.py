@@ -134,7 +134,7 @@ class _TrilinearGather(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         idx, w, feats = ctx.saved_tensors
         n, n_levels, _ = idx.shape
-        g = grad.reshape(n, n_levels, 1, -1)
+        g = grad.reshape(n, n_levels, 1, grad.shape[1] // n_levels)
         f = g.shape[-1]
         grad_table = grad_w = None
         if ctx.needs_input_grad[0]:
@@ -175,6 +175,46 @@ def hash_encode_gather(x: Tensor, table: Tensor, resolutions: Tensor, offsets: T
     idx, w = hash_grid_corners(x, resolutions, offsets)
     feats = table[idx.long()]  # [N, L, 8, F]
     return (feats * w[..., None].to(table.dtype)).sum(dim=2).reshape(x.shape[0], -1)
+
+
+def hash_encode_input_grad(grad_out: Tensor, x: Tensor, table: Tensor, resolutions: Tensor, offsets: Tensor) -> Tensor:
+    """The position gradient of the encoding as an op: ``d(sum(grad_out * hash_encode(x))) / dx``.
+
+    Equals ``torch.autograd.grad(hash_encode_gather(x, ...), x, grad_out)`` but is written out
+    (``res_l * sum_k dw_k/dfrac * (table[row_k] . grad_out[:, l])`` summed over levels, zero where the
+    clamp to ``[0, 1]`` is active, as ``torch.clamp``'s gradient) so that it is differentiable by
+    autograd w.r.t. ``grad_out`` and ``table`` (bilinear in the two), which is the double backward
+    of the encoding (NeuS2's eikonal loss). ``x`` is a constant: no second derivative w.r.t. positions.
+
+    Args:
+        grad_out: ``[N, L * F]`` upstream gradient of the encoding's output.
+        x: ``[N, 3]`` positions; table ``[rows, F]``; resolutions ``[L]``, offsets ``[L + 1]`` int64.
+
+    Returns:
+        ``[N, 3]`` in the promoted dtype of ``grad_out``, ``x`` and ``table``.
+    """
+    _check(x, table, resolutions, offsets)
+    n, n_levels, f = x.shape[0], resolutions.shape[0], table.shape[1]
+    if grad_out.shape != (n, n_levels * f):
+        raise ValueError(f"grad_out must be [N, L * F] = [{n}, {n_levels * f}], got {tuple(grad_out.shape)}")
+    xd = x.detach()
+    idx, _ = hash_grid_corners(xd, resolutions, offsets)
+    res = resolutions.to(x.device)
+    pos = xd.clamp(0.0, 1.0)[:, None, :] * res[None, :, None].to(x.dtype)  # [N, L, 3], as hash_grid_corners
+    base = torch.minimum(pos.floor().long(), (res - 1)[None, :, None]).clamp_min(0)
+    frac = pos - base.to(pos.dtype)
+    one = torch.stack([1 - frac, frac], dim=-1)  # [N, L, 3, 2] per-axis 1D weights
+    sign = torch.tensor([-1.0, 1.0], dtype=x.dtype, device=x.device)
+    ox, oy, oz = one[:, :, 0], one[:, :, 1], one[:, :, 2]
+    dwx = sign[:, None, None] * oy[:, :, None, :, None] * oz[:, :, None, None, :]  # d w_k / d frac_x
+    dwy = ox[:, :, :, None, None] * sign[None, :, None] * oz[:, :, None, None, :]
+    dwz = ox[:, :, :, None, None] * oy[:, :, None, :, None] * sign[None, None, :]
+    dw = torch.stack([dwx, dwy, dwz], dim=-1).reshape(n, n_levels, 8, 3)
+    feats = table[idx.long()]  # [N, L, 8, F], differentiable w.r.t. the table
+    dot = (feats * grad_out.reshape(n, n_levels, 1, f)).sum(dim=-1)  # d loss / d w_k
+    gpos = (dot[..., None] * dw).sum(dim=2) * res[None, :, None].to(x.dtype)  # [N, L, 3]
+    inside = (xd >= 0) & (xd <= 1)
+    return gpos.sum(dim=1) * inside.to(gpos.dtype)
 
 
 def hash_encode_naive(x: Tensor, table: Tensor, resolutions: Tensor, offsets: Tensor) -> Tensor:

@@ -39,8 +39,14 @@ def march_occupancy_grid(
     aabb: Tensor,
     step_size: float,
     t_offset: Tensor | None = None,
+    cone_angle: float = 0.0,
+    max_step: float = 1e10,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """March ``R`` rays with a constant step and keep the samples whose midpoint cell is occupied.
+    """March ``R`` rays and keep the samples whose midpoint cell is occupied.
+
+    The step is constant (``step_size``) when ``cone_angle == 0``; otherwise it grows with distance,
+    ``dt(t) = min(max(t * cone_angle, step_size), max_step)`` (Instant-NGP / nerfacc cone marching for
+    unbounded scenes: a sample's footprint follows the pixel cone).
 
     Args:
         origins, directions: ``[R, 3]``; t_min, t_max: ``[R]`` ray segment to march (empty when
@@ -48,14 +54,28 @@ def march_occupancy_grid(
         binaries: ``[Lv, G, G, G]`` bool occupancy; aabb: ``[2, 3]`` level-0 box.
         step_size: interval length along the ray (world units).
         t_offset: optional ``[R]`` in ``[0, 1)``: stratified jitter of the first interval, in steps.
+        cone_angle: step growth with distance (0: constant steps; Instant-NGP uses 1/256 unbounded).
+        max_step: the largest step when ``cone_angle > 0``.
+
+    Float32 operation order (kernels match it bit for bit): constant steps ``t_i = start + i * step``
+    with ``start = t_min + offset * step`` and ``ceil((t_max - start) / step)`` intervals (a true
+    division, also on CUDA where dividing by a Python scalar multiplies by its reciprocal); cone steps
+    ``t_{i+1} = t_i + dt(t_i)`` from ``start = t_min + offset * dt(t_min)``, while ``t_i < t_max`` and
+    the step makes progress (``t_{i+1} > t_i``: a ray stops where ``t + dt`` rounds back to ``t``). An
+    interval ends at ``min(t_i + dt, t_max)``. Scalars (step, cone_angle, max_step) are rounded to the
+    rays' dtype first.
 
     Returns:
         packed ``ray_indices [S]``, ``t_starts [S]``, ``t_ends [S]``, ``packed_info [R, 2]``. Not differentiable.
     """
+    if cone_angle < 0 or step_size <= 0 or max_step < step_size:
+        raise ValueError(f"need step_size > 0, cone_angle >= 0 and max_step >= step_size; got {step_size}, {cone_angle}, {max_step}")
+    if cone_angle > 0:
+        return _march_cone(origins, directions, t_min, t_max, binaries, aabb, step_size, t_offset, cone_angle, max_step)
     n_rays = origins.shape[0]
     start = t_min if t_offset is None else t_min + t_offset * step_size
     length = (t_max - start).clamp_min(0.0)
-    counts = torch.ceil(length / step_size).long()
+    counts = torch.ceil(length / torch.full_like(length, step_size)).long()  # true division on every device
     counts = torch.where(t_max > start, counts, torch.zeros_like(counts))
     total = int(counts.sum())
     device = origins.device
@@ -67,6 +87,37 @@ def march_occupancy_grid(
     mid = 0.5 * (t0 + t1)
     pts = origins[ray_ids] + directions[ray_ids] * mid[:, None]
     keep = grid_lookup(pts, binaries, aabb)
+    ray_ids, t0, t1 = ray_ids[keep], t0[keep], t1[keep]
+    return ray_ids, t0, t1, packed_info_from_ray_indices(ray_ids, n_rays)
+
+
+def _march_cone(origins, directions, t_min, t_max, binaries, aabb, step_size, t_offset, cone_angle, max_step):
+    """Cone marching (see :func:`march_occupancy_grid`): all rays step together, one step per loop."""
+    n_rays, device = origins.shape[0], origins.device
+
+    def dt(t: Tensor) -> Tensor:
+        return torch.clamp(t * cone_angle, min=step_size, max=max_step)
+
+    t = t_min.clone() if t_offset is None else t_min + t_offset * dt(t_min)
+    ids, starts, ends = [], [], []
+    active = torch.nonzero(t < t_max).squeeze(-1)
+    while active.numel():
+        t0 = t[active]
+        t_next = t0 + dt(t0)
+        ids.append(active)
+        starts.append(t0)
+        ends.append(torch.minimum(t_next, t_max[active]))
+        t[active] = t_next
+        active = active[(t_next < t_max[active]) & (t_next > t0)]  # no progress: the ray stops
+    if not ids:
+        empty = t_min.new_zeros(0)
+        return torch.zeros(0, dtype=torch.long, device=device), empty, empty.clone(), \
+            packed_info_from_ray_indices(torch.zeros(0, dtype=torch.long, device=device), n_rays)
+    ray_ids = torch.cat(ids)
+    order = torch.sort(ray_ids, stable=True).indices  # ray-major, steps in order within a ray
+    ray_ids, t0, t1 = ray_ids[order], torch.cat(starts)[order], torch.cat(ends)[order]
+    mid = 0.5 * (t0 + t1)
+    keep = grid_lookup(origins[ray_ids] + directions[ray_ids] * mid[:, None], binaries, aabb)
     ray_ids, t0, t1 = ray_ids[keep], t0[keep], t1[keep]
     return ray_ids, t0, t1, packed_info_from_ray_indices(ray_ids, n_rays)
 

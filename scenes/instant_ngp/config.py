@@ -58,6 +58,9 @@ class InstantNGPConfig(SceneConfig):
     """EMA decay of cell values."""
     render_step_size: float | None = None
     """Marching step in world units. Paper: sqrt(3) x extent / 1024; cpu profile: sqrt(3) x extent / 512."""
+    cone_angle: float | None = None
+    """Cone marching: the step at distance t is max(t * cone_angle, render_step_size). None: 0 (constant
+    steps) for bounded scenes, 1/256 for unbounded ones (Instant-NGP / nerfacc)."""
     alpha_thre: float = 0.0
     """Samples with lower opacity are skipped by the sampler."""
     early_stop_eps: float = 1e-4

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from omnifield.cuda import ops
 from omnifield.errors import ConfigError
@@ -45,6 +45,7 @@ def resolve_config(config: InstantNGPConfig, scene_box: Tensor, unbounded: bool 
         grid_resolution=pick(config.grid_resolution, p["grid_resolution"]),
         grid_levels=pick(config.grid_levels, 4 if unbounded else 1),
         render_step_size=pick(config.render_step_size, math.sqrt(3.0) * extent / p["steps_per_diag"]),
+        cone_angle=pick(config.cone_angle, 1.0 / 256.0 if unbounded else 0.0),
         target_samples_per_batch=target,
         init_rays_per_batch=pick(config.init_rays_per_batch, max(64, target // 128)),
         grid_warmup_steps=pick(config.grid_warmup_steps, p["grid_warmup_steps"]),
@@ -121,7 +122,7 @@ class InstantNGP(Scene):
         single_pass = not torch.is_grad_enabled()
         step = c.render_step_size * (1.0 if options is None else float(options.step_scale))
         samples = self.grid.sample(rays, near, far, step, None if single_pass else sigma_fn,
-                                   c.alpha_thre, c.early_stop_eps, stratified=self.training)
+                                   c.alpha_thre, c.early_stop_eps, stratified=self.training, cone_angle=c.cone_angle or 0.0)
         if single_pass:  # inference: one field evaluation, then drop what early termination would
             samples, sigma, geo = self._terminate_early(samples, rays, None if options is None else options.crop_box)
         self._last_samples = len(samples)
@@ -136,7 +137,10 @@ class InstantNGP(Scene):
             sigma = sigma * ((x >= box[0]) & (x <= box[1])).all(-1).to(sigma.dtype)
         sh = self.dir_encoding(d)  # per ray, then gathered per sample: 10-30x fewer SH evaluations
         rgb = self.color_mlp(torch.cat([sh[samples.ray_indices], geo], dim=-1))
-        return composite(samples, rgb, sigma, len(rays), background)
+        # Inference: the fused compositing applies early termination itself (a no-op on samples that
+        # _terminate_early kept); training composites every sample the sampler kept.
+        return composite(samples, rgb, sigma, len(rays), background,
+                         early_stop_eps=c.early_stop_eps if single_pass else 0.0)
 
     def _terminate_early(self, samples: PackedSamples, rays: RayBundle, crop_box=None) -> tuple[PackedSamples, Tensor, Tensor]:
         """Without grad: evaluate the geometry of every marched sample once and keep the samples the
@@ -178,7 +182,7 @@ class InstantNGP(Scene):
         c = self.config
         if self.training and step % c.grid_update_every == 0:
             self.grid.update(step, self.density, c.render_step_size, c.grid_threshold, c.grid_ema_decay,
-                             c.grid_warmup_steps, c.grid_update_fraction)
+                             c.grid_warmup_steps, c.grid_update_fraction, cone_angle=c.cone_angle or 0.0)
 
     def on_step_end(self, step: int) -> None:
         """Adapt the ray count so the next batch holds about ``target_samples_per_batch`` samples."""

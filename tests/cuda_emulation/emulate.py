@@ -35,6 +35,12 @@ def rewrite_bind(text: str) -> str:
     return text.replace("t.is_cuda() && ", "")
 
 
+def _write_if_changed(path: Path, text: str) -> None:
+    """Leave an unchanged copy alone, so ninja does not recompile it."""
+    if not path.is_file() or path.read_text() != text:
+        path.write_text(text)
+
+
 def build_emulated(op: str = "gaussians") -> ModuleType:
     """Compile (or load the cached) emulated extension of ``op``."""
     from torch.utils import cpp_extension
@@ -56,13 +62,13 @@ def build_emulated(op: str = "gaussians") -> ModuleType:
     for path in sources:
         if path.suffix == ".cu":
             out = src_dir / f"{path.stem}_emu.cpp"
-            out.write_text(rewrite_cu(path.read_text()))
+            _write_if_changed(out, rewrite_cu(path.read_text()))
         else:
             out = src_dir / path.name
-            out.write_text(rewrite_bind(path.read_text()))
+            _write_if_changed(out, rewrite_bind(path.read_text()))
         built.append(str(out))
     for header in headers:
-        (src_dir / header.name).write_text(header.read_text())
+        _write_if_changed(src_dir / header.name, header.read_text())
     return cpp_extension.load(
         name=f"omnifield_{op}_emulated_{key}",
         sources=built,

@@ -5,6 +5,9 @@
 //   start = t_min (+ t_offset * step); n = t_max > start ? ceil(max(t_max - start, 0) / step) : 0;
 //   t0_j = start + j * step, t1_j = min(t0_j + step, t_max), mid = 0.5 * (t0 + t1),
 //   p = o + d * mid; the sample is kept when p's cell is occupied (grid_lookup below).
+// Cone marching (cone_angle > 0, Instant-NGP for unbounded scenes): dt(t) = min(max(t * cone_angle,
+//   step), max_step), start = t_min (+ t_offset * dt(t_min)), t_{i+1} = t_i + dt(t_i) while
+//   t_i < t_max and t_{i+1} > t_i (progress), t1_i = min(t_{i+1}, t_max); kept as above.
 // Cascaded grid binaries [Lv, G, G, G] bool: level l covers the level-0 box scaled by 2^l about its
 // centre; a point goes to level max(0, ceil(log2(max_k |u_k|))) with u = (p - centre) / half, and
 // is empty when that level is >= Lv.
@@ -92,7 +95,15 @@ struct Rays {
   const scalar_t* t_max;
   const scalar_t* t_offset;  // nullptr: no jitter
   scalar_t step;
+  scalar_t cone_angle;  // 0: constant steps
+  scalar_t max_step;
 };
+
+// Cone step at distance t: the reference's clamp(t * cone_angle, step, max_step).
+template <typename scalar_t>
+inline scalar_t cone_dt(const Rays<scalar_t>& rays, scalar_t t) {
+  return std::min(std::max(t * rays.cone_angle, rays.step), rays.max_step);
+}
 
 // Candidate intervals of ray i: (start, count), exactly as the reference computes them.
 template <typename scalar_t>
@@ -107,9 +118,38 @@ inline int64_t candidates(const Rays<scalar_t>& rays, int64_t i, scalar_t& start
   return static_cast<int64_t>(n);
 }
 
+// Whether the interval [t0, t1] of the ray (o, d) has an occupied midpoint.
+template <typename scalar_t>
+inline bool keep(const Grid<scalar_t>& grid, const scalar_t* o, const scalar_t* d, scalar_t t0, scalar_t t1) {
+  const scalar_t mid = scalar_t(0.5) * (t0 + t1);
+  return occupied(grid, o[0] + d[0] * mid, o[1] + d[1] * mid, o[2] + d[2] * mid);
+}
+
+// Cone marching of ray i (see the header comment); emit(t0, t1) per kept interval.
+template <typename scalar_t, typename Emit>
+inline int64_t march_ray_cone(const Rays<scalar_t>& rays, const Grid<scalar_t>& grid, int64_t i, Emit&& emit) {
+  const scalar_t t_min = rays.t_min[i], t_max = rays.t_max[i];
+  const scalar_t* o = rays.o + 3 * i;
+  const scalar_t* d = rays.d + 3 * i;
+  scalar_t t = rays.t_offset ? t_min + rays.t_offset[i] * cone_dt(rays, t_min) : t_min;
+  int64_t kept = 0;
+  while (t < t_max) {
+    const scalar_t t_next = t + cone_dt(rays, t);
+    const scalar_t t1 = std::min(t_next, t_max);
+    if (keep(grid, o, d, t, t1)) {
+      emit(t, t1);
+      ++kept;
+    }
+    if (!(t_next > t)) break;  // no progress: the reference stops the ray too
+    t = t_next;
+  }
+  return kept;
+}
+
 // March ray i; calls emit(t0, t1) for each kept interval in order; returns the number kept.
 template <typename scalar_t, typename Emit>
 inline int64_t march_ray(const Rays<scalar_t>& rays, const Grid<scalar_t>& grid, int64_t i, Emit&& emit) {
+  if (rays.cone_angle > scalar_t(0)) return march_ray_cone(rays, grid, i, emit);
   scalar_t start;
   const int64_t n = candidates(rays, i, start);
   const scalar_t t_max = rays.t_max[i];
@@ -119,8 +159,7 @@ inline int64_t march_ray(const Rays<scalar_t>& rays, const Grid<scalar_t>& grid,
   for (int64_t j = 0; j < n; ++j) {
     const scalar_t t0 = start + static_cast<scalar_t>(j) * rays.step;
     const scalar_t t1 = std::min(t0 + rays.step, t_max);
-    const scalar_t mid = scalar_t(0.5) * (t0 + t1);
-    if (occupied(grid, o[0] + d[0] * mid, o[1] + d[1] * mid, o[2] + d[2] * mid)) {
+    if (keep(grid, o, d, t0, t1)) {
       emit(t0, t1);
       ++kept;
     }
@@ -160,7 +199,8 @@ void check_grid(const torch::Tensor& binaries, const torch::Tensor& aabb, c10::S
 // -> {ray_indices [S] int64, t_starts [S], t_ends [S], packed_info [R, 2] int64}
 std::vector<torch::Tensor> march_occupancy_grid(torch::Tensor origins, torch::Tensor directions, torch::Tensor t_min,
                                                 torch::Tensor t_max, torch::Tensor binaries, torch::Tensor aabb,
-                                                double step_size, c10::optional<torch::Tensor> t_offset) {
+                                                double step_size, c10::optional<torch::Tensor> t_offset,
+                                                double cone_angle, double max_step) {
   const auto dtype = origins.scalar_type();
   TORCH_CHECK(dtype == torch::kFloat || dtype == torch::kDouble, "ray_marching_cpu: float32 or float64 rays, got ", dtype);
   TORCH_CHECK(origins.device().is_cpu(), "ray_marching_cpu: rays must be CPU tensors");
@@ -179,6 +219,8 @@ std::vector<torch::Tensor> march_occupancy_grid(torch::Tensor origins, torch::Te
                 "ray_marching_cpu: t_offset must be [R] like origins");
   }
   TORCH_CHECK(step_size > 0 && std::isfinite(step_size), "ray_marching_cpu: step_size must be > 0, got ", step_size);
+  TORCH_CHECK(cone_angle >= 0 && max_step >= step_size, "ray_marching_cpu: need cone_angle >= 0 and max_step >= "
+              "step_size, got ", cone_angle, ", ", max_step);
   check_grid(binaries, aabb, dtype);
   origins = origins.contiguous();
   directions = directions.contiguous();
@@ -195,7 +237,8 @@ std::vector<torch::Tensor> march_occupancy_grid(torch::Tensor origins, torch::Te
     const Grid<scalar_t> grid = make_grid<scalar_t>(binaries, aabb);
     const Rays<scalar_t> rays{origins.data_ptr<scalar_t>(), directions.data_ptr<scalar_t>(), t_min.data_ptr<scalar_t>(),
                               t_max.data_ptr<scalar_t>(), jitter ? offset.data_ptr<scalar_t>() : nullptr,
-                              static_cast<scalar_t>(step_size)};
+                              static_cast<scalar_t>(step_size), static_cast<scalar_t>(cone_angle),
+                              static_cast<scalar_t>(max_step)};
     int64_t* info = packed_info.data_ptr<int64_t>();
     // Pass 1: kept samples per ray.
     for_each_ray_dynamic(n_rays, [&](int64_t i) { info[2 * i + 1] = march_ray(rays, grid, i, [](scalar_t, scalar_t) {}); });
@@ -251,9 +294,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "omnifield occupancy-grid ray marching, C++ CPU kernel (OpenMP via at::parallel_for)";
   m.def("march", &march_occupancy_grid,
         "march: (origins [R,3], directions [R,3], t_min [R], t_max [R], binaries [Lv,G,G,G] bool, aabb [2,3], "
-        "step_size, t_offset [R] or None) -> [ray_indices [S], t_starts [S], t_ends [S], packed_info [R,2]]",
+        "step_size, t_offset [R] or None, cone_angle, max_step) -> [ray_indices [S], t_starts [S], t_ends [S], "
+        "packed_info [R,2]]",
         py::arg("origins"), py::arg("directions"), py::arg("t_min"), py::arg("t_max"), py::arg("binaries"),
-        py::arg("aabb"), py::arg("step_size"), py::arg("t_offset") = py::none());
+        py::arg("aabb"), py::arg("step_size"), py::arg("t_offset") = py::none(), py::arg("cone_angle") = 0.0,
+        py::arg("max_step") = 1e10);
   m.def("grid_lookup", &grid_lookup, "grid_lookup: (points [N,3], binaries [Lv,G,G,G] bool, aabb [2,3]) -> [N] bool");
   m.def("num_threads", []() { return at::get_num_threads(); });
 }

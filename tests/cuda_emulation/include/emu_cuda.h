@@ -130,3 +130,11 @@ inline int atomicMax(int* p, int v) {
   while (old < v && !a.compare_exchange_weak(old, v)) {}
   return old;
 }
+
+// Per-op additions (issue 5): features only some kernels use live in their own headers.
+#if __has_include("emu_extra_encodings.h")
+#include "emu_extra_encodings.h"
+#endif
+#if __has_include("emu_extra_marching.h")
+#include "emu_extra_marching.h"
+#endif
