@@ -19,6 +19,16 @@ _EXPORTS = {
     "load_n3v": "omnifield.datasets.n3v",
     "DynamicSynthConfig": "omnifield.datasets.synth_dynamic",
     "write_dynamic_scene": "omnifield.datasets.synth_dynamic",
+    "PointCloudFrame": "omnifield.datasets.pointclouds",
+    "PointCloudSequence": "omnifield.datasets.pointclouds",
+    "load_point_clouds": "omnifield.datasets.pointclouds",
+    "load_pair": "omnifield.datasets.pointclouds",
+    "read_sweep": "omnifield.datasets.pointclouds",
+    "remove_ground": "omnifield.datasets.pointclouds",
+    "crop": "omnifield.datasets.pointclouds",
+    "LidarSynthConfig": "omnifield.datasets.synth_lidar",
+    "synthesize_lidar": "omnifield.datasets.synth_lidar",
+    "true_positions": "omnifield.datasets.synth_lidar",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -30,6 +40,9 @@ if TYPE_CHECKING:
     from omnifield.datasets.n3v import load_n3v
     from omnifield.datasets.scene_data import SceneData
     from omnifield.datasets.synth_dynamic import DynamicSynthConfig, write_dynamic_scene
+    from omnifield.datasets.pointclouds import (PointCloudFrame, PointCloudSequence, crop, load_pair,
+                                                load_point_clouds, read_sweep, remove_ground)
+    from omnifield.datasets.synth_lidar import LidarSynthConfig, synthesize_lidar, true_positions
 
 
 def __getattr__(name: str):

@@ -10,7 +10,6 @@ import math
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -53,17 +52,14 @@ def test_tolerance_table_covers_every_cuda_op():
 def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench_gpu") / "tmp.json"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "gpu.py"), "--device", "cpu", "--smoke", "--out", str(out)],
                           capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
-    seconds = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return json.loads(out.read_text()), proc.stdout, seconds
+    return json.loads(out.read_text()), proc.stdout
 
 
 def test_smoke_run_reports_every_op_and_a_finite_psnr(smoke):
-    result, stdout, seconds = smoke
-    assert seconds < 60, f"the smoke run took {seconds:.0f} s"
+    result, stdout = smoke
     ops = cuda_dispatched_ops()
     assert {p["op"].split("[")[0] for p in result["parity"]} >= ops
     assert {p["op"] for p in result["parity"]} == set(result["tolerances"])
@@ -81,7 +77,7 @@ def test_smoke_run_reports_every_op_and_a_finite_psnr(smoke):
 def test_smoke_parity_passes_where_the_cpu_ops_exist(smoke):
     # On the CPU the ops run their C++ kernels or the references: every row must pass except where
     # an op's reference is still missing (reported as an error row, not a crash).
-    result, _, _ = smoke
+    result, _ = smoke
     missing = ("does not exist", "has no attribute")
     failed = [p for p in result["parity"] if not p["pass"] and not any(m in p.get("error", "") for m in missing)]
     assert not failed, failed
