@@ -27,6 +27,8 @@ _LAZY = {
     "PointSource": "omnifield.viewer.sources",
     "MeshSource": "omnifield.viewer.sources",
     "open_source": "omnifield.viewer.sources",
+    "SequenceSource": "omnifield.viewer.sequence",
+    "open_sequence": "omnifield.viewer.sequence",
     "FrameRequest": "omnifield.viewer.worker",
     "Frame": "omnifield.viewer.worker",
     "RenderWorker": "omnifield.viewer.worker",

@@ -566,16 +566,17 @@ class Viewer:
 
 # -- entry points (what the CLI calls) ---------------------------------------------------------------
 def open_viewer(path, *, config: ViewerConfig | None = None, device: str = "auto", screenshot=None,
-                timeout: float = 600.0) -> Path | None:
-    """``omnifield view PATH``: open a run, a .ply / mesh file or a dataset folder in the window.
+                timeout: float = 600.0, flow=None) -> Path | None:
+    """``omnifield view PATH``: open a run, a .ply / mesh file, a dataset folder or point clouds in the window.
 
     With ``screenshot``: wait until the view is fully refined (``timeout`` seconds at most), write the
-    frame as a PNG, close, and return its path; otherwise block until the window is closed.
+    frame as a PNG, close, and return its path; otherwise block until the window is closed. ``flow``: a
+    ``flow.npz`` of ``omnifield flow estimate`` shown as the ``flow`` channel of a point-cloud sequence.
     """
     from omnifield.scenes.trainer import pick_device
     from omnifield.viewer.sources import open_source
 
-    source = open_source(path, device=pick_device(device))
+    source = open_source(path, device=pick_device(device), flow=flow)
     viewer = Viewer(source, config=config)
     try:
         if screenshot is None:

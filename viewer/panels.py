@@ -400,7 +400,8 @@ def update_readouts(viewer) -> None:
         lines.append(f"render {f.render_ms:.0f} ms at {f.width}x{f.height} (level {f.level})"
                      + ("" if f.final else ", refining"))
     if viewer.time is not None:
-        lines.append(f"time {viewer.time:.3f}")
+        label = getattr(viewer.source, "time_label", None)  # sequences: which frame the time shows
+        lines.append(f"time {viewer.time:.3f}" + (f", {label(viewer.time)}" if label is not None else ""))
     if viewer.worker.error is not None:
         lines.append(f"render failed: {viewer.worker.error}")
     _set_text(ui, ui.readouts, "\n".join(lines))

@@ -28,6 +28,8 @@ from omnifield.renderers.types import RayBundle, RenderOutput
 from omnifield.scenes.base import RenderOptions, TimeVarying
 
 MESH_SUFFIXES = (".obj", ".glb", ".gltf", ".off", ".stl")
+SWEEP_SUFFIXES = (".npz", ".npy", ".bin", ".pcd")
+"""Files :func:`open_source` tries as a dataset, then as point clouds (``.ply`` files open as points or meshes)."""
 DEFAULT_MESH_SAMPLES = 300_000
 CAMERA_CENTRE_COLOR = (1.0, 0.45, 0.1)
 
@@ -46,7 +48,8 @@ class ViewSource(Protocol):
         world_from_dataset: ``[4, 4]`` similarity from dataset coordinates to the source's world.
 
     Optional: ``dataset_images``, a callable ``i -> [H, W, 3] uint8`` image of dataset camera ``i``
-    (drawn in the frusta), or None; the viewer reads it off the UI thread.
+    (drawn in the frusta), or None; the viewer reads it off the UI thread. ``time_label(time) -> str``,
+    shown after the time readout (a sequence's ``frame i / F``).
     """
 
     name: str
@@ -365,14 +368,18 @@ def _dataset_source(path: Path, device) -> PointSource:
                        extra_stats={"format": data.format, "showing": what, "images": str(len(data))})
 
 
-def open_source(path, *, device="cpu", mesh_samples: int = DEFAULT_MESH_SAMPLES) -> ViewSource:
+def open_source(path, *, device="cpu", mesh_samples: int = DEFAULT_MESH_SAMPLES, flow=None) -> ViewSource:
     """Open what ``omnifield view PATH`` shows.
 
     - a run directory (has ``config.json``): :func:`~omnifield.scenes.runs.load_run` -> :class:`SceneSource`;
     - ``.ply``: faces -> :class:`MeshSource`, else :class:`PointSource` (3DGS files show their DC colours);
     - ``.obj``, ``.glb``, ``.gltf``, ``.off``, ``.stl`` -> :class:`MeshSource`;
     - a dataset folder or file (:func:`~omnifield.datasets.load.load_scene`) -> :class:`PointSource` of its
-      points (else its camera centres) with its cameras as frusta.
+      points (else its camera centres) with its cameras as frusta;
+    - anything else :func:`~omnifield.datasets.pointclouds.load_point_clouds` reads (a scene-flow ``.npz``,
+      a sweep ``.bin`` / ``.pcd`` / ``.npy``, a folder of sweeps, a synth_lidar or AV2 log folder) ->
+      :class:`~omnifield.viewer.sequence.SequenceSource` (``flow``: a ``flow.npz`` of ``omnifield flow
+      estimate``, drawn as the ``flow`` channel; only for these).
 
     Raises :class:`DataError` naming the path when it is missing or not viewable (CheckpointError for
     a broken run).
@@ -380,6 +387,15 @@ def open_source(path, *, device="cpu", mesh_samples: int = DEFAULT_MESH_SAMPLES)
     p = Path(path)
     if not p.exists():
         raise DataError("no such file or folder", p)
+    if flow is not None:
+        from omnifield.viewer.sequence import open_sequence
+
+        try:
+            return open_sequence(p, flow=flow, device=device)
+        except DataError as e:
+            if e.path is not None and e.path.resolve() == Path(flow).resolve():
+                raise
+            raise DataError(f"a flow file is drawn over point clouds, and these are not: {e.message}", p) from None
     if p.is_dir() and (p / "config.json").is_file():
         from omnifield.scenes.runs import load_run
 
@@ -391,10 +407,28 @@ def open_source(path, *, device="cpu", mesh_samples: int = DEFAULT_MESH_SAMPLES)
         return _from_geometry(_load_trimesh(p), p, device, mesh_samples)
     if p.is_file() and suffix in MESH_SUFFIXES:
         return _from_geometry(_load_trimesh(p, force="mesh"), p, device, mesh_samples)
-    if p.is_dir() or suffix in (".json", ".npy", ".npz"):
-        return _dataset_source(p, device)
+    if p.is_dir() or suffix in (".json",) + SWEEP_SUFFIXES:
+        return _dataset_or_sequence(p, device)
     raise DataError(f"cannot view {suffix or 'this'} files; expected a run directory, a dataset folder, "
-                    f"a .ply point cloud or a mesh ({', '.join(('.ply',) + MESH_SUFFIXES)})", p)
+                    f"a .ply point cloud, a mesh ({', '.join(MESH_SUFFIXES)}) or lidar / scene-flow data "
+                    f"({', '.join(SWEEP_SUFFIXES)} files, a folder of sweeps)", p)
+
+
+def _dataset_or_sequence(p: Path, device) -> ViewSource:
+    """A dataset (:func:`~omnifield.datasets.load.detect_format` knows it) or else a point-cloud sequence."""
+    from omnifield.datasets.load import detect_format
+
+    try:
+        detect_format(p)
+    except DataError as not_dataset:
+        from omnifield.viewer.sequence import open_sequence
+
+        try:
+            return open_sequence(p, device=device)
+        except DataError as not_sequence:
+            raise DataError(f"neither a dataset ({not_dataset.message}) nor point clouds ({not_sequence.message})",
+                            p) from None
+    return _dataset_source(p, device)
 
 
 def run_images(run) -> Callable[[int], np.ndarray]:
