@@ -45,7 +45,14 @@ def cmd_data_info(args) -> int:
 def cmd_data_synth(args) -> int:
     from omnifield.scenes.configs import apply_overrides
 
-    if args.dynamic:
+    if args.dynamic and args.lidar:
+        raise ConfigError("choose one of --dynamic and --lidar")
+    if args.lidar:
+        from omnifield.datasets.synth_lidar import LidarSynthConfig, synthesize_lidar
+
+        config = apply_overrides(LidarSynthConfig(), args.set or [])
+        out = synthesize_lidar(args.out, config, overwrite=args.overwrite)
+    elif args.dynamic:
         from omnifield.datasets.synth_dynamic import DynamicSynthConfig, write_dynamic_scene
 
         config = apply_overrides(DynamicSynthConfig(), args.set or [])
@@ -168,7 +175,7 @@ def cmd_view(args) -> int:
 
     config = ViewerConfig(width=args.width, height=args.height, channel=args.channel, camera=args.camera,
                           time=args.time)
-    out = open_viewer(args.path, config=config, device=args.device, screenshot=args.screenshot)
+    out = open_viewer(args.path, config=config, device=args.device, screenshot=args.screenshot, flow=args.flow)
     if out is not None:
         print(f"wrote {out}")
     return 0
@@ -212,6 +219,99 @@ def cmd_doctor(args) -> int:
     if not report.ok:
         print(f"omnifield: error: backend {choice.requested!r} is unusable here: {choice.reason}", file=sys.stderr)
     return 0 if report.ok else 1
+
+
+def _set_threads(args) -> None:
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
+def cmd_flow_estimate(args) -> int:
+    from omnifield.scenes.nsfp.pipeline import estimate_pair_flow, load_flow_pair, nsfp_config, save_flow_npz
+
+    _set_threads(args)
+    seq = load_flow_pair(args.pc1, args.pc2)
+    result = estimate_pair_flow(seq, nsfp_config(args.set or []), points=args.points, ground=args.ground,
+                                max_range=args.max_range, device=_flow_device(args.device), progress=not args.no_progress)
+    out = save_flow_npz(args.out, result)
+    print(f"{len(result.points)} points, loss {result.loss:.4g}, {result.iterations} iterations "
+          f"(best {result.best_iteration}), {result.runtime_s:.1f} s")
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_flow_eval(args) -> int:
+    from omnifield.datasets.pointclouds import load_point_clouds
+    from omnifield.scenes.nsfp.pipeline import METRIC_KEYS, evaluate_sequence, nsfp_config
+    from omnifield.scenes.runs import atomic_write_json
+
+    _set_threads(args)
+    seq = load_point_clouds(args.data)
+    result = evaluate_sequence(seq, nsfp_config(args.set or []), points=args.points, baselines=args.baselines,
+                               ground=args.ground, max_pairs=args.max_pairs, device=_flow_device(args.device),
+                               progress=not args.no_progress)
+    if args.out is not None:
+        atomic_write_json(args.out, result)
+    rows = []
+    methods = [("nsfp", result)] + [(name, r) for name, r in result.get("baselines", {}).items()]
+    for name, r in methods:
+        for subset in ("all", "static", "dynamic"):
+            m = r if subset == "all" else r.get(subset)
+            if m is None:
+                continue
+            rows.append((name, subset, str(m["n_points"]), *(f"{m[k]:.4f}" for k in METRIC_KEYS),
+                         f"{r['runtime_s']:.1f}" if subset == "all" else ""))
+    _print_table(["method", "points", "n", "EPE3D m", "Acc3DS", "Acc3DR", "outliers", "angle rad", "runtime s"], rows)
+    notes = [f"protocol: {result['protocol'] or 'none'}", f"{result['pairs']} pair(s)"] + result.get("notes", [])
+    print("; ".join(notes))
+    if args.out is not None:
+        print(f"metrics: {args.out}")
+    return 0
+
+
+def cmd_flow_accumulate(args) -> int:
+    from omnifield.datasets.pointclouds import load_point_clouds
+    from omnifield.scenes.configs import apply_overrides
+    from omnifield.scenes.nsfp.trajectory import (TrajectoryConfig, accumulate, accumulate_ego_only,
+                                                  write_accumulated_ply)
+
+    _set_threads(args)
+    out = Path(args.out)
+    if out.suffix.lower() != ".ply":
+        raise ConfigError(f"the accumulated cloud is written as .ply, got {out.suffix!r}", out)
+    seq = load_point_clouds(args.seq)
+    if len(seq) < 2:
+        raise ConfigError(f"accumulation needs at least 2 sweeps, found {len(seq)}", args.seq)
+    if args.ref is not None and not -len(seq) <= args.ref < len(seq):
+        raise ConfigError(f"--ref {args.ref} is outside the sequence's {len(seq)} frames", args.seq)
+    if args.ego_only:
+        cloud = accumulate_ego_only(seq, ref=args.ref)
+    else:
+        import warnings
+
+        config = apply_overrides(TrajectoryConfig(), args.set or [])
+        with warnings.catch_warnings():  # its assumptions come back as cloud.notes, printed below
+            warnings.simplefilter("ignore", UserWarning)
+            cloud = accumulate(seq, config, ref=args.ref, progress=not args.no_progress, device=_flow_device(args.device))
+    write_accumulated_ply(out, cloud, frames=len(seq))
+    line = f"{len(cloud)} points from {len(seq)} sweeps at frame {cloud.ref} (t = {cloud.time:.3f} s), world coordinates"
+    if cloud.fit is not None:
+        line += f"; fit loss {cloud.fit.loss:.4g}, {cloud.fit.iterations} iterations, {cloud.fit.runtime_s:.1f} s"
+    print(line)
+    for note in cloud.notes or []:
+        print(f"note: {note}")
+    print(f"wrote {out}")
+    return 0
+
+
+def _flow_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 # -- printing ------------------------------------------------------------------------------------
@@ -258,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_command(sub, with_backend)
     _add_run_commands(sub, with_backend)
     _add_view_command(sub, with_backend)
+    _add_flow_commands(sub, common)
     p = sub.add_parser("doctor", parents=with_backend,
                        help="which implementation (reference, C++, CUDA, tcnn) each op runs here, and why")
     p.add_argument("--build", action="store_true", help="build the kernels that can be built here and report")
@@ -278,11 +379,53 @@ def _add_data_commands(sub, common) -> None:
     p.add_argument("out", help="output folder (absent or empty)")
     p.add_argument("--dynamic", action="store_true",
                    help="moving objects seen by a fixed camera rig, in the D-NeRF layout (per-frame time)")
+    p.add_argument("--lidar", action="store_true",
+                   help="a lidar sequence with ground-truth flow (moving ego sensor, moving objects, one npz per sweep)")
     p.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE",
                    help="SynthConfig options (DynamicSynthConfig with --dynamic: n_cameras, n_times, width, "
-                        "height, seed, ...)")
+                        "height, seed, ...; LidarSynthConfig with --lidar: frames, beams, azimuths, seed, ...)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     p.set_defaults(func=cmd_data_synth)
+
+
+def _add_flow_commands(sub, common) -> None:
+    flow = sub.add_parser("flow", parents=[common], help="scene flow between lidar sweeps (Neural Scene Flow Prior)")
+    fsub = flow.add_subparsers(dest="flow_command", required=True, metavar="ACTION")
+    shared = argparse.ArgumentParser(add_help=False)
+    shared.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE",
+                        help="config options (NSFPConfig; TrajectoryConfig for accumulate), e.g. --set max_iterations=500")
+    shared.add_argument("--threads", type=_positive_int, help="torch CPU threads")
+    shared.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    shared.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = fsub.add_parser("estimate", parents=[common, shared], help="flow from sweep PC1 to sweep PC2 -> flow.npz")
+    p.add_argument("pc1", help="first sweep (.bin, .ply, .pcd, .npy), or a scene-flow .npz pair (then omit PC2)")
+    p.add_argument("pc2", nargs="?", help="second sweep")
+    p.add_argument("--out", required=True, help="output .npz: flow, points, indices, loss, iterations, runtime_s")
+    p.add_argument("--points", type=_positive_int, help="random N points of each sweep (default: all)")
+    p.add_argument("--ground", choices=("none", "grid", "height", "ransac"), default="none",
+                   help="remove ground points first (default none)")
+    p.add_argument("--max-range", type=float, help="drop points farther than R metres from the sensor")
+    p.set_defaults(func=cmd_flow_estimate)
+
+    p = fsub.add_parser("eval", parents=[common, shared], help="NSFP against ground-truth flow (EPE3D, Acc3DS/R, ...)")
+    p.add_argument("data", help="scene-flow data with labels: a pair .npz, an AV2 log, a synth_lidar folder ...")
+    p.add_argument("--out", help="also write the metrics to this JSON file")
+    p.add_argument("--points", type=_positive_int, help="random N non-ground points of each sweep (default: all)")
+    p.add_argument("--baselines", action="store_true", help="also score zero flow and nearest-neighbour flow")
+    p.add_argument("--ground", choices=("auto", "none", "labels", "grid", "height", "ransac"), default="auto",
+                   help="ground removed before the fit: auto = the labels when present (an unlabelled sweep of "
+                        "a labelled pair: the grid cut), else none")
+    p.add_argument("--max-pairs", type=_positive_int, help="evaluate at most the first N labelled pairs")
+    p.set_defaults(func=cmd_flow_eval)
+
+    p = fsub.add_parser("accumulate", parents=[common, shared],
+                        help="motion-compensate a sequence of sweeps into one cloud (.ply)")
+    p.add_argument("seq", help="a sequence of sweeps: folder of sweeps, synth_lidar folder, AV2 log ...")
+    p.add_argument("--out", required=True, help="output .ply (world coordinates, coloured by sweep)")
+    p.add_argument("--ref", type=int, help="frame whose time every point is moved to (default: the middle one)")
+    p.add_argument("--ego-only", action="store_true", help="no motion compensation: ego poses only (the baseline)")
+    p.set_defaults(func=cmd_flow_accumulate)
 
 
 def _add_train_command(sub, parents) -> None:
@@ -366,6 +509,8 @@ def _add_view_command(sub, parents) -> None:
     p.add_argument("--channel", default="rgb", help="rgb, depth, alpha, normals ...")
     p.add_argument("--camera", type=int, help="start at this dataset camera (default: a view of the whole scene)")
     p.add_argument("--time", type=float, help="time of a dynamic scene")
+    p.add_argument("--flow", metavar="FLOW.npz",
+                   help="flow vectors of `omnifield flow estimate` shown as the flow channel of a point-cloud sequence")
     p.add_argument("--width", type=_positive_int, default=512, help="render width in pixels")
     p.add_argument("--height", type=_positive_int, default=512, help="render height in pixels")
     p.add_argument("--device", default="auto")

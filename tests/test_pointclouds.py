@@ -481,6 +481,9 @@ def test_ransac_finds_a_tilted_ground_plane():
     # a horizontal height cut cannot follow the tilt: it leaves far ground or cuts the objects
     cut = remove_ground(frame, "height", height=-1.6, threshold=0.1)
     assert cut.labels["ground"].sum() > 1000
+    # the per-column cut follows the tilt too
+    grid = remove_ground(frame, "grid", threshold=0.3, cell=1.0)
+    assert grid.labels["ground"].sum() < 0.01 * is_ground.sum() and len(grid) > 0.8 * (~is_ground).sum()
 
 
 def test_height_ground_removal_estimates_the_ground():
@@ -494,6 +497,8 @@ def test_height_ground_removal_estimates_the_ground():
     assert (kept.labels["id"] >= 5000).all()
     with pytest.raises(ValueError, match="method"):
         remove_ground(frame, "plane")
+    with pytest.raises(ValueError, match="cell"):
+        remove_ground(frame, "grid", cell=0)
 
 
 def test_crop():
@@ -530,6 +535,10 @@ def test_real_av2_pair(shared_data):
     # rest kept (single-plane RANSAC does worse on this hilly street: the ground is not one plane over 100 m)
     kept = remove_ground(f0, "height", threshold=0.3)
     assert kept.is_ground.sum() < 0.15 * f0.is_ground.sum() and (~kept.is_ground).sum() > 0.97 * (~f0.is_ground).sum()
+    # the default per-column cut follows the slopes: measured 99% of the ground removed, 90% of the rest
+    # kept (the lowest 0.3 m of objects go with it)
+    kept = remove_ground(f0)
+    assert kept.is_ground.sum() < 0.03 * f0.is_ground.sum() and (~kept.is_ground).sum() > 0.85 * (~f0.is_ground).sum()
 
 
 def test_real_av2_log_matches_the_pair(shared_data):
