@@ -105,6 +105,65 @@ def native_extension():
     return load
 
 
+@pytest.fixture(scope="session")
+def cuda_extension():
+    """``load(op)``: the CUDA extension of ``op`` (GPU tier); a missing nvcc or disabled native kernels
+    skip, a build failure on a GPU machine fails with the reason."""
+    import warnings
+
+    from omnifield.cuda import native
+
+    def load(op: str):
+        from torch.utils import cpp_extension
+
+        if native.native_disabled():
+            pytest.skip(f"native kernels disabled by ${native.DISABLE_ENV}")
+        if cpp_extension.CUDA_HOME is None:
+            pytest.skip("nvcc not found (CUDA_HOME unset): the CUDA extension cannot be built here")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            module = native.load_cuda_extension(op)
+        assert module is not None, f"CUDA build failed: {native.last_cuda_error(op)}"
+        return module
+
+    return load
+
+
+def _load_module(name: str, path: Path):
+    """Import the file ``path`` as module ``name`` (a fresh module object every call)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def load_module():
+    """``load(name, path)``: import a file as a fresh module (the GPU-tier test files under emulation)."""
+    return _load_module
+
+
+@pytest.fixture(scope="session")
+def emulated_extension():
+    """``build(op)``: the CUDA kernels of ``op`` compiled as host C++ with the CPU emulation of
+    ``tests/cuda_emulation`` (slow tier; cached on disk), or skip without a compiler."""
+    import shutil
+
+    from omnifield.cuda import native
+
+    def build(op: str):
+        if native.native_disabled():
+            pytest.skip(f"native kernels disabled by ${native.DISABLE_ENV}")
+        if not (shutil.which("c++") or shutil.which("g++")):
+            pytest.skip("no C++ compiler")
+        emulate = _load_module("omnifield_cuda_emulation", Path(__file__).resolve().parent / "cuda_emulation" / "emulate.py")
+        return emulate.build_emulated(op)
+
+    return build
+
+
 def write_blender(root: Path, *, n: int = 6, size: int = 8, image="random", frames=None) -> Path:
     """A tiny Blender-format dataset in ``root``: ``transforms_{train,test}.json`` and RGBA PNGs.
 

@@ -10,42 +10,28 @@ Marked slow: the first build takes minutes (then cached), the tests a few minute
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
-import shutil
 from pathlib import Path
 
 import pytest
 
 from omnifield.cuda import cuda_gaussians as cg
-from omnifield.cuda import native
 
 pytestmark = pytest.mark.slow
 TESTS = Path(__file__).resolve().parent
 
 
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
-def emulated():
-    if native.native_disabled():
-        pytest.skip(f"native kernels disabled by ${native.DISABLE_ENV}")
-    if not (shutil.which("c++") or shutil.which("g++")):
-        pytest.skip("no C++ compiler")
-    return _load("omnifield_cuda_emulation", TESTS / "cuda_emulation" / "emulate.py").build_emulated("gaussians")
+def emulated(emulated_extension):
+    return emulated_extension("gaussians")
 
 
 @pytest.fixture
-def gpu_tests(emulated, monkeypatch):
+def gpu_tests(emulated, monkeypatch, load_module):
     """tests/test_cuda_gaussians.py on CPU tensors, with cuda_gaussians running the emulated kernels."""
     monkeypatch.setattr(cg, "_ext", lambda: emulated)
     monkeypatch.setattr(cg, "supports", lambda *tensors: True)
-    module = _load("omnifield_test_cuda_gaussians_emulated", TESTS / "test_cuda_gaussians.py")
+    module = load_module("omnifield_test_cuda_gaussians_emulated", TESTS / "test_cuda_gaussians.py")
     module.DEVICE = "cpu"
     module.RASTER_SCENE = (37, 21, 250)
     module.PIPELINE_SCENE = (40, 24, 300)

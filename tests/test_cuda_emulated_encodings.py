@@ -11,42 +11,28 @@ atomics of sm_90, the memory model, speed). Marked slow: the first build takes m
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
-import shutil
 from pathlib import Path
 
 import pytest
 
 from omnifield.cuda import cuda_encodings as ce
-from omnifield.cuda import native
 
 pytestmark = pytest.mark.slow
 TESTS = Path(__file__).resolve().parent
 
 
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
-def emulated():
-    if native.native_disabled():
-        pytest.skip(f"native kernels disabled by ${native.DISABLE_ENV}")
-    if not (shutil.which("c++") or shutil.which("g++")):
-        pytest.skip("no C++ compiler")
-    return _load("omnifield_cuda_emulation", TESTS / "cuda_emulation" / "emulate.py").build_emulated("encodings")
+def emulated(emulated_extension):
+    return emulated_extension("encodings")
 
 
 @pytest.fixture
-def gpu_tests(emulated, monkeypatch):
+def gpu_tests(emulated, monkeypatch, load_module):
     """tests/test_cuda_encodings.py on CPU tensors, with cuda_encodings running the emulated kernels."""
     monkeypatch.setattr(ce, "_ext", lambda: emulated)
     monkeypatch.setattr(ce, "supports", lambda *tensors: True)
-    module = _load("omnifield_test_cuda_encodings_emulated", TESTS / "test_cuda_encodings.py")
+    module = load_module("omnifield_test_cuda_encodings_emulated", TESTS / "test_cuda_encodings.py")
     module.DEVICE = "cpu"
     module.N_POINTS = 500
     return module

@@ -27,19 +27,9 @@ N_POINTS = 3000
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CUDA kernels vs references)")
 
 @pytest.fixture(scope="module")
-def ext():
+def ext(cuda_extension):
     """The built extension; a build failure on a GPU machine fails (a missing nvcc skips)."""
-    from torch.utils import cpp_extension
-
-    if native.native_disabled():
-        pytest.skip(f"native kernels disabled by ${native.DISABLE_ENV}")
-    if cpp_extension.CUDA_HOME is None:
-        pytest.skip("nvcc not found (CUDA_HOME unset): the CUDA extension cannot be built here")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        module = native.load_cuda_extension("encodings")
-    assert module is not None, f"CUDA build failed: {native.last_cuda_error('encodings')}"
-    return module
+    return cuda_extension("encodings")
 
 
 def _close(got, ref, tol, what, relative_atol=False):

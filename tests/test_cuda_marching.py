@@ -33,19 +33,9 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU
 
 
 @pytest.fixture(scope="module")
-def ext():
+def ext(cuda_extension):
     """The built extension; a build failure on a GPU machine fails (a missing nvcc skips)."""
-    from torch.utils import cpp_extension
-
-    if native.native_disabled():
-        pytest.skip(f"native kernels disabled by ${native.DISABLE_ENV}")
-    if cpp_extension.CUDA_HOME is None:
-        pytest.skip("nvcc not found (CUDA_HOME unset): the CUDA extension cannot be built here")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        module = native.load_cuda_extension("marching")
-    assert module is not None, f"CUDA build failed: {native.last_cuda_error('marching')}"
-    return module
+    return cuda_extension("marching")
 
 
 def _close(got, ref, tol, what):
