@@ -42,16 +42,7 @@ def supports(*tensors: Tensor | None) -> bool:
     """Whether these inputs can run here: at least one tensor, every tensor (``None`` skipped) on a
     CUDA device, every floating one float32, except the last of two or more, the hash table in the
     ops' argument order (``(x, table)``, ``(grad_out, x, table)``), which may also be float16."""
-    given = [t for t in tensors if t is not None]
-    if not given:
-        return False
-    for k, t in enumerate(given):
-        if not isinstance(t, Tensor) or not t.is_cuda:
-            return False
-        half_ok = k == len(given) - 1 and k > 0
-        if t.is_floating_point() and not (t.dtype == torch.float32 or (half_ok and t.dtype == torch.float16)):
-            return False
-    return True
+    return native.cuda_float32_tensors(*tensors, half_last=True)
 
 
 _loaded: list = []  # the extension once loaded (skips the loader's checks on every op call)

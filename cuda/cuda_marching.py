@@ -41,15 +41,7 @@ def available() -> bool:
 def supports(*tensors: Tensor | None) -> bool:
     """Whether these inputs can run here: at least one tensor, every tensor (``None`` skipped) on a
     CUDA device, every floating one float32 (bool and integer tensors are fine)."""
-    given = [t for t in tensors if t is not None]
-    if not given:
-        return False
-    for t in given:
-        if not isinstance(t, Tensor) or not t.is_cuda:
-            return False
-        if t.is_floating_point() and t.dtype != torch.float32:
-            return False
-    return True
+    return native.cuda_float32_tensors(*tensors)
 
 
 _loaded: list = []  # the extension once loaded (skips the loader's checks on every op call)

@@ -299,6 +299,22 @@ def load_cuda_extension(name: str) -> ModuleType | None:
                       lambda: _prebuilt_or_build(name, "cuda", lambda: _build_cuda(name, sources)))
 
 
+def cuda_float32_tensors(*tensors, half_last: bool = False) -> bool:
+    """Whether the CUDA kernels take these inputs: at least one tensor, every tensor (``None`` skipped)
+    on a CUDA device, every floating one float32; with ``half_last`` the last of two or more may also be
+    float16 (a hash table). Integer and bool tensors are fine."""
+    given = [t for t in tensors if t is not None]
+    if not given:
+        return False
+    for k, t in enumerate(given):
+        if not isinstance(t, torch.Tensor) or not t.is_cuda:
+            return False
+        half_ok = half_last and k == len(given) - 1 and k > 0
+        if t.is_floating_point() and not (t.dtype == torch.float32 or (half_ok and t.dtype == torch.float16)):
+            return False
+    return True
+
+
 def require_cuda_extension(name: str, what: str) -> ModuleType:
     """:func:`load_cuda_extension` or ``RuntimeError("the CUDA <what> kernel is unavailable: <why>")``."""
     ext = load_cuda_extension(name)
