@@ -214,3 +214,48 @@ def blender_dataset():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def xvfb():
+    """An Xvfb server on a free display with ``DISPLAY`` set, for every window test of the session.
+
+    Session-scoped on purpose: the viewer keeps one dearpygui context per process, and a context created
+    after one was destroyed can crash in its first frames (see ``viewer/display.py``), so the context is
+    released once, when the session ends, not per test module.
+    """
+    import importlib.util
+    import shutil
+    import subprocess
+    import time
+
+    if shutil.which("Xvfb") is None:
+        pytest.skip("Xvfb is not installed (apt-get install xvfb)")
+    if importlib.util.find_spec("dearpygui") is None:
+        pytest.skip("dearpygui is not installed (pip install 'omnifield[viewer]')")
+    n = next((n for n in range(99, 200)
+              if not Path(f"/tmp/.X11-unix/X{n}").exists() and not Path(f"/tmp/.X{n}-lock").exists()), None)
+    if n is None:
+        raise RuntimeError("no free X display number in 99..199")
+    proc = subprocess.Popen(["Xvfb", f":{n}", "-screen", "0", "1024x768x24", "-nolisten", "tcp"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while not Path(f"/tmp/.X11-unix/X{n}").exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"Xvfb :{n} did not start (exit code {proc.poll()})")
+        time.sleep(0.05)
+    old = {k: os.environ.get(k) for k in ("DISPLAY", "WAYLAND_DISPLAY")}
+    os.environ["DISPLAY"] = f":{n}"
+    os.environ.pop("WAYLAND_DISPLAY", None)
+    yield f":{n}"
+    from omnifield.viewer.app import release_display
+
+    release_display()
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    proc.terminate()
+    proc.wait(10)

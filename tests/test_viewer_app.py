@@ -7,12 +7,8 @@ instant-ngp run trained 30 steps on a 32x32 synthetic scene (module scope).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import os
-import shutil
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,44 +28,6 @@ from omnifield.viewer.display import display_available
 SIZE = dict(width=64, height=48)
 
 
-# -- the X server --------------------------------------------------------------------------------
-def _free_display() -> int:
-    for n in range(99, 200):
-        if not Path(f"/tmp/.X11-unix/X{n}").exists() and not Path(f"/tmp/.X{n}-lock").exists():
-            return n
-    raise RuntimeError("no free X display number in 99..199")
-
-
-@pytest.fixture(scope="module")
-def xvfb():
-    """An Xvfb server on a free display, DISPLAY set for the module's tests."""
-    if shutil.which("Xvfb") is None:
-        pytest.skip("Xvfb is not installed (apt-get install xvfb)")
-    if importlib.util.find_spec("dearpygui") is None:
-        pytest.skip("dearpygui is not installed (pip install 'omnifield[viewer]')")
-    n = _free_display()
-    proc = subprocess.Popen(["Xvfb", f":{n}", "-screen", "0", "1024x768x24", "-nolisten", "tcp"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while not Path(f"/tmp/.X11-unix/X{n}").exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"Xvfb :{n} did not start (exit code {proc.poll()})")
-        time.sleep(0.05)
-    old = {k: os.environ.get(k) for k in ("DISPLAY", "WAYLAND_DISPLAY")}
-    os.environ["DISPLAY"] = f":{n}"
-    os.environ.pop("WAYLAND_DISPLAY", None)
-    yield f":{n}"
-    from omnifield.viewer.app import release_display
-
-    release_display()
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    proc.terminate()
-    proc.wait(10)
 
 
 # -- scenes ------------------------------------------------------------------------------------------

@@ -4,12 +4,7 @@ the window tests run under Xvfb and skip when Xvfb or dearpygui is not installed
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import os
-import shutil
-import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -260,34 +255,6 @@ def test_many_vectors_are_thinned_evenly_and_short_ones_dropped():
 
 
 # -- the window (Xvfb) ---------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def xvfb():
-    """An Xvfb server on a free display, DISPLAY set for the module's tests."""
-    if shutil.which("Xvfb") is None:
-        pytest.skip("Xvfb is not installed (apt-get install xvfb)")
-    if importlib.util.find_spec("dearpygui") is None:
-        pytest.skip("dearpygui is not installed (pip install 'omnifield[viewer]')")
-    n = next(n for n in range(99, 200)
-             if not Path(f"/tmp/.X11-unix/X{n}").exists() and not Path(f"/tmp/.X{n}-lock").exists())
-    proc = subprocess.Popen(["Xvfb", f":{n}", "-screen", "0", "1024x768x24", "-nolisten", "tcp"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while not Path(f"/tmp/.X11-unix/X{n}").exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"Xvfb :{n} did not start (exit code {proc.poll()})")
-        time.sleep(0.05)
-    old = {k: os.environ.get(k) for k in ("DISPLAY", "WAYLAND_DISPLAY")}
-    os.environ["DISPLAY"] = f":{n}"
-    os.environ.pop("WAYLAND_DISPLAY", None)
-    yield
-    from omnifield.viewer.app import release_display
-
-    release_display()
-    for k, v in old.items():
-        os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
-    proc.terminate()
-    proc.wait(10)
 
 
 def test_window_time_slider_switches_frames_and_flow_channel(xvfb, tmp_path):
