@@ -51,7 +51,7 @@ def format_info(info: dict) -> str:
         f"cameras:       {info['num_cameras']}",
         f"resolutions:   {fmt_counts(info['resolutions'])}  (downscale {info['downscale']})",
         f"camera models: {fmt_counts(info['camera_models'])}",
-        f"splits:        " + ", ".join(f"{k} {v}" for k, v in info["splits"].items()),
+        "splits:        " + ", ".join(f"{k} {v}" for k, v in info["splits"].items()),
         f"scene box:     min {box[0]}  max {box[1]}" + ("  (unbounded)" if info["unbounded"] else ""),
         f"near / far:    {_num(info['near'])} / {_num(info['far'])}",
     ]
