@@ -68,6 +68,21 @@ def test_unfitted_field_is_no_motion_and_steps_follow_frame_intervals():
         TrajectoryConfig(activation="gelu!")
 
 
+def test_split_static_prior_still_pulls_sideways_drift_of_a_fast_object():
+    from omnifield.scenes.nsfp.trajectory import _static_prior
+
+    # a car seen from behind (rear face normal +x) moving 0.8 m per frame forward, drifting 4 cm sideways
+    step = torch.tensor([[0.8, 0.04, 0.0]], requires_grad=True)
+    normal = torch.tensor([[1.0, 0.0, 0.0]])
+    _static_prior(step, normal, 0.03).sum().backward()
+    split_pull = float(step.grad[0, 1])
+    step.grad = None
+    _static_prior(step, None, 0.03).sum().backward()  # on the whole displacement: saturated
+    assert split_pull > 20 * float(step.grad[0, 1]) > 0
+    still = torch.zeros(2, 3)
+    assert torch.equal(_static_prior(still, torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 0.0]]), 0.03), torch.zeros(2))
+
+
 @pytest.fixture(scope="module")
 def small_sequence(tmp_path_factory):
     from omnifield.datasets.pointclouds import load_point_clouds
@@ -104,6 +119,14 @@ def test_accumulate_beats_no_motion_compensation(small_sequence):
     assert np.median(err[dyn]) < 0.5 * np.median(base[dyn])
     assert np.median(err[~dyn]) < 0.05  # the static world stays put
     assert np.array_equal(np.bincount(cloud.frame_index), [len(f) for f in small_sequence.frames])
+
+
+def test_multi_step_and_focused_sampling_options_run(small_sequence):
+    config = TrajectoryConfig(layers=3, hidden=8, max_iterations=3, points_per_frame=128, horizon=3, focus=0.5)
+    cloud = accumulate(small_sequence, config)
+    assert cloud.fit.iterations == 3 and np.isfinite(cloud.points).all()
+    with pytest.raises(ValueError, match="horizon"):
+        TrajectoryConfig(horizon=0)
 
 
 def test_accumulate_without_poses_warns_and_ref_is_checked(small_sequence):
