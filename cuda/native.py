@@ -148,25 +148,29 @@ def require_cpu_extension(name: str, what: str) -> ModuleType:
 
 
 def _build(name: str, sources: list[Path]) -> ModuleType:
-    from torch.utils import cpp_extension  # deferred: importing it is slow and probes compilers
+    _check_sources(sources)
+    key = build_key(name)
+    return _compile(name, "C++ CPU kernel", sources, cache_root() / f"{name}-{key}",
+                    f"omnifield_{name}_cpu_{key.rsplit('-', 1)[1]}",
+                    extra_cflags=list(CFLAGS), extra_ldflags=list(LDFLAGS))
 
+
+def _check_sources(sources: list[Path]) -> None:
     missing = [str(s) for s in sources if not s.is_file()]
     if missing:
         raise FileNotFoundError(f"missing sources {missing}")
-    key = build_key(name)
-    directory = cache_root() / f"{name}-{key}"
+
+
+def _compile(name: str, what: str, sources: list[Path], directory: Path, module_name: str, **flags) -> ModuleType:
+    """``torch.utils.cpp_extension.load`` of ``sources`` as ``module_name`` in ``directory`` (the cache:
+    a later process loads the library without compiling); says once on stderr when it compiles."""
+    from torch.utils import cpp_extension  # deferred: importing it is slow and probes compilers
+
     directory.mkdir(parents=True, exist_ok=True)
-    module_name = f"omnifield_{name}_cpu_{key.rsplit('-', 1)[1]}"
     if not any(directory.glob(f"{module_name}*.so")):
-        print(f"omnifield: compiling the C++ CPU kernel {name!r} (once; cached in {directory})", file=sys.stderr)
-    return cpp_extension.load(
-        name=module_name,
-        sources=[str(s) for s in sources],
-        extra_cflags=list(CFLAGS),
-        extra_ldflags=list(LDFLAGS),
-        build_directory=str(directory),
-        verbose=False,
-    )
+        print(f"omnifield: compiling the {what} {name!r} (once; cached in {directory})", file=sys.stderr)
+    return cpp_extension.load(name=module_name, sources=[str(s) for s in sources], build_directory=str(directory),
+                              verbose=False, **flags)
 
 
 _DIAGNOSTIC = ("error", "not found", "fatal", "no such file", "required", "undefined reference")
@@ -327,26 +331,14 @@ def require_cuda_extension(name: str, what: str) -> ModuleType:
 def _build_cuda(name: str, sources: list[Path]) -> ModuleType:
     from torch.utils import cpp_extension  # deferred: importing it is slow and probes compilers
 
-    missing = [str(s) for s in sources if not s.is_file()]
-    if missing:
-        raise FileNotFoundError(f"missing sources {missing}")
+    _check_sources(sources)
     if cpp_extension.CUDA_HOME is None:
         raise RuntimeError("nvcc not found: set CUDA_HOME to a CUDA toolkit matching torch.version.cuda "
                            f"({torch.version.cuda})")
     key = cuda_build_key(name)
-    directory = cache_root() / f"{name}-cuda-{key}"
-    directory.mkdir(parents=True, exist_ok=True)
-    module_name = f"omnifield_{name}_cuda_{key.rsplit('-', 1)[1]}"
-    if not any(directory.glob(f"{module_name}*.so")):
-        print(f"omnifield: compiling the CUDA kernel {name!r} (once; cached in {directory})", file=sys.stderr)
-    return cpp_extension.load(
-        name=module_name,
-        sources=[str(s) for s in sources],
-        extra_cflags=list(CUDA_HOST_CFLAGS),
-        extra_cuda_cflags=list(NVCC_FLAGS),
-        build_directory=str(directory),
-        verbose=False,
-    )
+    return _compile(name, "CUDA kernel", sources, cache_root() / f"{name}-cuda-{key}",
+                    f"omnifield_{name}_cuda_{key.rsplit('-', 1)[1]}",
+                    extra_cflags=list(CUDA_HOST_CFLAGS), extra_cuda_cflags=list(NVCC_FLAGS))
 
 
 def cuda_build_directory(name: str) -> Path:
