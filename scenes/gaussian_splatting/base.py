@@ -16,7 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from omnifield.cuda.reference.gaussians import SH_C0
-from omnifield.scenes._common import ExponentialDecay
+from omnifield.errors import ConfigError
+from omnifield.scenes._common import ExponentialDecay, default_profile
 from omnifield.scenes.base import Scene
 from omnifield.scenes.gaussian_splatting.strategy import DensifyParams
 
@@ -27,6 +28,21 @@ def train_indices(data) -> list[int]:
     """Indices of the training views of a SceneData / SceneInfo (all views without a train split)."""
     split = (getattr(data, "splits", None) or {}).get("train")
     return list(split) if split else list(range(len(data.cameras)))
+
+
+def profile_values(config, profiles: dict[str, dict], method: str) -> tuple[str, dict]:
+    """``(profile, values)``: the profile ``config.profile`` names (``"auto"``: the machine's) and its
+    fields with the config's own value wherever that is not ``None``; checks the fields both Gaussian
+    scenes share (``schedule_units``, ``sh_degree``), ``ConfigError`` naming ``method`` otherwise."""
+    profile = default_profile() if config.profile == "auto" else config.profile
+    if profile not in profiles:
+        raise ConfigError(f"{method}: unknown profile {config.profile!r} (choose auto, paper or cpu)")
+    values = {k: (v if getattr(config, k) is None else getattr(config, k)) for k, v in profiles[profile].items()}
+    if values["schedule_units"] not in ("steps", "fraction"):
+        raise ConfigError(f"{method}: schedule_units must be 'steps' or 'fraction', got {values['schedule_units']!r}")
+    if not 0 <= config.sh_degree <= 3:
+        raise ConfigError(f"{method}: sh_degree must be 0..3, got {config.sh_degree}")
+    return profile, values
 
 
 def constant_lr(step: int) -> float:

@@ -21,13 +21,14 @@ from omnifield.cuda.reference.gaussians import SH_C0
 from omnifield.errors import ConfigError
 from omnifield.renderers.gaussians import GaussianPrimitives, GaussianRenderSettings, render_gaussians
 from omnifield.renderers.types import RenderOutput
-from omnifield.scenes._common import ExponentialDecay, adam, default_profile, psnr, scene_extent
+from omnifield.scenes._common import ExponentialDecay, adam, psnr, scene_extent
 from omnifield.scenes.base import ImageBatch, RenderOptions
 from omnifield.scenes.gaussian_splatting.base import (
     GaussianScene,
     constant_lr,
     densify_params,
     initial_sh_dc,
+    profile_values,
     ray_length_per_z,
     train_indices,
 )
@@ -53,14 +54,7 @@ def camera_extent(cameras, indices: list[int]) -> float:
 
 def resolve_config(config: GaussianSplattingConfig, data) -> GaussianSplattingConfig:
     """Fill the ``None`` fields of ``config`` from its profile and the data (extent, background)."""
-    profile = default_profile() if config.profile == "auto" else config.profile
-    if profile not in _PROFILES:
-        raise ConfigError(f"3dgs: unknown profile {config.profile!r} (choose auto, paper or cpu)")
-    values = {k: (v if getattr(config, k) is None else getattr(config, k)) for k, v in _PROFILES[profile].items()}
-    if values["schedule_units"] not in ("steps", "fraction"):
-        raise ConfigError(f"3dgs: schedule_units must be 'steps' or 'fraction', got {values['schedule_units']!r}")
-    if not 0 <= config.sh_degree <= 3:
-        raise ConfigError(f"3dgs: sh_degree must be 0..3, got {config.sh_degree}")
+    profile, values = profile_values(config, _PROFILES, "3dgs")
     extent = config.extent
     if extent is None:
         extent = camera_extent(data.cameras, train_indices(data))

@@ -30,13 +30,14 @@ from omnifield.cuda.reference.gaussians import SH_C0
 from omnifield.errors import ConfigError
 from omnifield.renderers.gaussians import GaussianPrimitives, GaussianRenderSettings, render_gaussians
 from omnifield.renderers.types import RenderOutput
-from omnifield.scenes._common import ExponentialDecay, adam, default_profile, psnr, scene_extent
+from omnifield.scenes._common import ExponentialDecay, adam, psnr, scene_extent
 from omnifield.scenes.base import ImageBatch, RenderOptions
 from omnifield.scenes.gaussian_splatting.base import (
     GaussianScene,
     constant_lr,
     densify_params,
     initial_sh_dc,
+    profile_values,
     ray_length_per_z,
     train_indices,
 )
@@ -65,14 +66,7 @@ def time_spacing(times: Tensor) -> float | None:
 
 def resolve_config(config: Gaussians4DConfig, data) -> Gaussians4DConfig:
     """Fill the ``None`` fields of ``config`` from its profile and the data (extent, times, background)."""
-    profile = default_profile() if config.profile == "auto" else config.profile
-    if profile not in _PROFILES:
-        raise ConfigError(f"4dgs: unknown profile {config.profile!r} (choose auto, paper or cpu)")
-    values = {k: (v if getattr(config, k) is None else getattr(config, k)) for k, v in _PROFILES[profile].items()}
-    if values["schedule_units"] not in ("steps", "fraction"):
-        raise ConfigError(f"4dgs: schedule_units must be 'steps' or 'fraction', got {values['schedule_units']!r}")
-    if not 0 <= config.sh_degree <= 3:
-        raise ConfigError(f"4dgs: sh_degree must be 0..3, got {config.sh_degree}")
+    profile, values = profile_values(config, _PROFILES, "4dgs")
     if config.n_time < 1 or int(values["views_per_batch"]) < 1:
         raise ConfigError(f"4dgs: n_time and views_per_batch must be >= 1, got {config.n_time}, {values['views_per_batch']}")
     if not 0.0 <= config.marginal_threshold < 1.0:
