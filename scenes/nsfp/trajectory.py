@@ -26,7 +26,11 @@ of neighbouring points' displacements) makes each object move as one. On the syn
 Multi-step terms (``horizon``) and sampling likely-moving points more (``focus``) did not help there.
 
 :func:`accumulate` integrates every sweep's points to one reference time: a dense, motion-compensated
-cloud (``omnifield flow accumulate SEQ --out map.ply``).
+cloud (``omnifield flow accumulate SEQ --out map.ply``). Then, by default (``TrajectoryConfig.rigid``),
+the moving points are clustered into objects and each sweep of an object is registered to the reference
+time by ICP from the flow result, in its ground plane (:mod:`omnifield.scenes.nsfp.rigid`: the
+rigid-object assumption, its checks and limits): moving points 3.7 cm / 9.5 cm / 59 % -> 0.5 cm / 2.6 cm /
+99 % within 5 cm on the synthetic sequence, the static points unchanged.
 
 Frames: points ``[N, 3]`` in each frame's ego coordinates, mapped to the world by the ego poses
 (``world_from_ego [4, 4]``). A sequence without poses is fitted with identity poses (the field then
@@ -47,6 +51,8 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from omnifield.scenes.nsfp.rigid import RigidConfig, RigidRefinement, refine_rigid
 
 GROUND_MODES = ("auto", "labels", "grid", "height", "ransac", "none")
 
@@ -105,10 +111,10 @@ class TrajectoryConfig:
     penalty saturates, so it pulls drifts of a few cm to zero but barely biases moving cars (an L1
     penalty slowed them by ~5 cm per frame)."""
     motion_scale: float = 0.03
+    """Scale of the static prior (metres per frame interval)."""
     split_prior: bool = True
     """"plane": apply the static prior apart to the displacement along the surface normal and across it
     (see :func:`_static_prior`), so a large motion along one does not switch the prior off for the other."""
-    """Scale of the static prior (metres per frame interval)."""
     smooth: float = 0.1
     """Weight of the rigidity prior: the mean Geman-McClure penalty ``d^2 / (d^2 + smooth_scale^2)`` of the
     difference ``d`` of the per-frame displacements of neighbouring fitted points (``smooth_neighbors``
@@ -124,6 +130,10 @@ class TrajectoryConfig:
     """Points per MLP call when integrating without gradients."""
     seed: int = 0
     """Seed of the weights and of the point subsets."""
+    rigid: RigidConfig = RigidConfig()
+    """Rigid refinement after the integration (:mod:`omnifield.scenes.nsfp.rigid`): moving points clustered
+    into objects, each sweep of an object registered to the reference time by ICP from the flow result.
+    On by default; ``rigid.enabled=false`` keeps the flow-field result."""
 
     def __post_init__(self):
         if self.layers < 2 or self.hidden < 1:
@@ -544,7 +554,8 @@ class AccumulatedCloud:
 
     ``points [N, 3]`` float64 world metres; ``frame_index [N]`` int32 (the sweep of each point);
     ``point_index [N]`` int64 (its row in that sweep); ``ref``; ``time`` (s, frame ref's);
-    ``fit``: the :class:`FitResult` (None for the ego-only baseline); ``notes``: assumptions made.
+    ``fit``: the :class:`FitResult` (None for the ego-only baseline); ``notes``: assumptions made;
+    ``flow_points`` and ``rigid``: see :func:`accumulate`.
     """
 
     points: np.ndarray
@@ -554,6 +565,10 @@ class AccumulatedCloud:
     time: float
     fit: FitResult | None = None
     notes: list[str] | None = None
+    flow_points: np.ndarray | None = None
+    """``[N, 3]`` the flow-field result before the rigid refinement (None when it did not run)."""
+    rigid: RigidRefinement | None = None
+    """What the rigid refinement did (clusters, per-sweep ICP results), or None."""
 
     def __len__(self) -> int:
         return len(self.points)
@@ -572,7 +587,10 @@ def accumulate(seq, config: TrajectoryConfig = TrajectoryConfig(), *, ref: int |
     """Fit the field on ``seq`` (unless ``field`` is given) and integrate every sweep to frame ``ref``'s time.
 
     ``ref``: a frame index (default: the middle frame ``len // 2``; negative counts from the end).
-    Ground points are held static (only the ego poses move them). Returns world coordinates.
+    Ground points are held static (only the ego poses move them). With ``config.rigid.enabled`` (default)
+    the moving points (field displacement per frame interval above ``config.rigid.motion_threshold``) are
+    then refined as rigid objects (:func:`omnifield.scenes.nsfp.rigid.refine_rigid`); the cloud keeps the
+    unrefined result as ``flow_points`` and the report as ``rigid``. Returns world coordinates.
     """
     ref = _check_ref(seq, ref)
     prep = prepare_sequence(seq, config, ref)
@@ -593,7 +611,30 @@ def accumulate(seq, config: TrajectoryConfig = TrajectoryConfig(), *, ref: int |
                     x = torch.as_tensor(p[rows], dtype=torch.float32, device=device)
                     q[rows] = integrate(field, x, float(prep.times[k]), t1, steps).double().cpu().numpy()
             out.append(q)
-    return _cloud(prep, out, ref, getattr(field, "fit_result", None))
+    cloud = _cloud(prep, out, ref, getattr(field, "fit_result", None))
+    if config.rigid.enabled:
+        moving = moving_points(field, prep, config, device)
+        cloud.rigid = refine_rigid(prep.points, out, moving, ref, config.rigid, ground=prep.static)
+        cloud.flow_points, cloud.points = cloud.points, np.concatenate(cloud.rigid.points) + prep.center
+    return cloud
+
+
+def moving_points(field: ContinuousFlowField, prep: PreparedSequence, config: TrajectoryConfig,
+                  device: str | torch.device = "cpu") -> list[np.ndarray]:
+    """Per sweep ``[N_k]`` bool: non-ground points whose field displacement per frame interval at the sweep's
+    time, ``|v(x, t_k)| * frame_dt``, exceeds ``config.rigid.motion_threshold`` (m): the moving objects."""
+    out = []
+    with torch.no_grad():
+        for k, (p, s) in enumerate(zip(prep.points, prep.static)):
+            m = np.zeros(len(p), bool)
+            rows = np.flatnonzero(~s)
+            for c in range(0, len(rows), config.chunk):
+                r = rows[c:c + config.chunk]
+                x = torch.as_tensor(p[r], dtype=torch.float32, device=device)
+                speed = field(x, float(prep.times[k])).norm(dim=-1) * prep.frame_dt
+                m[r] = speed.cpu().numpy() > config.rigid.motion_threshold
+            out.append(m)
+    return out
 
 
 def accumulate_ego_only(seq, *, ref: int | None = None) -> AccumulatedCloud:
