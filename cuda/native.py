@@ -89,9 +89,17 @@ def build_key(name: str) -> str:
     return f"{torch.__version__.replace('+', '_')}-{h.hexdigest()[:12]}"
 
 
+def site_tag() -> str:
+    """A short hash of where the sources, Python and torch live, appended to the cache folders: two
+    checkouts (or two environments) would otherwise share a folder whose ninja commands differ in
+    their paths, and rebuild each other's kernels on every load."""
+    where = f"{CSRC.resolve()}|{sys.prefix}|{Path(torch.__file__).resolve().parent}"
+    return hashlib.sha256(where.encode()).hexdigest()[:6]
+
+
 def build_directory(name: str) -> Path:
     """Where the extension ``name`` is (or will be) built."""
-    return cache_root() / f"{name}-{build_key(name)}"
+    return cache_root() / f"{name}-{build_key(name)}-{site_tag()}"
 
 
 def last_error(name: str) -> str | None:
@@ -150,7 +158,7 @@ def require_cpu_extension(name: str, what: str) -> ModuleType:
 def _build(name: str, sources: list[Path]) -> ModuleType:
     _check_sources(sources)
     key = build_key(name)
-    return _compile(name, "C++ CPU kernel", sources, cache_root() / f"{name}-{key}",
+    return _compile(name, "C++ CPU kernel", sources, cache_root() / f"{name}-{key}-{site_tag()}",
                     f"omnifield_{name}_cpu_{key.rsplit('-', 1)[1]}",
                     extra_cflags=list(CFLAGS), extra_ldflags=list(LDFLAGS))
 
@@ -336,14 +344,14 @@ def _build_cuda(name: str, sources: list[Path]) -> ModuleType:
         raise RuntimeError("nvcc not found: set CUDA_HOME to a CUDA toolkit matching torch.version.cuda "
                            f"({torch.version.cuda})")
     key = cuda_build_key(name)
-    return _compile(name, "CUDA kernel", sources, cache_root() / f"{name}-cuda-{key}",
+    return _compile(name, "CUDA kernel", sources, cache_root() / f"{name}-cuda-{key}-{site_tag()}",
                     f"omnifield_{name}_cuda_{key.rsplit('-', 1)[1]}",
                     extra_cflags=list(CUDA_HOST_CFLAGS), extra_cuda_cflags=list(NVCC_FLAGS))
 
 
 def cuda_build_directory(name: str) -> Path:
     """Where the CUDA extension ``name`` is (or will be) built just in time."""
-    return cache_root() / f"{name}-cuda-{cuda_build_key(name)}"
+    return cache_root() / f"{name}-cuda-{cuda_build_key(name)}-{site_tag()}"
 
 
 def cached_library(name: str, kind: str) -> Path | None:
