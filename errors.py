@@ -28,3 +28,7 @@ class ConfigError(OmnifieldError, ValueError):
 
 class TrainingDiverged(OmnifieldError, RuntimeError):
     """The loss became non-finite; the last good checkpoint is kept."""
+
+
+class ConversionRefused(OmnifieldError, ValueError):
+    """A representation cannot be converted into the one asked for (the message says why)."""

@@ -157,6 +157,21 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_convert(args) -> int:
+    from omnifield.distill.convert import FILE_TARGETS, ConvertOptions, convert_run
+
+    _set_threads(args)
+    if args.resume and args.set:
+        raise ConfigError("--set cannot change the student config of a conversion being resumed")
+    options = ConvertOptions(max_steps=args.steps, max_minutes=args.max_minutes,
+                             active_learning=not args.no_active_learning, mix_gt=args.mix_gt, time=args.time,
+                             n_views=args.views, seed=args.seed, scene_overrides=tuple(args.set or ()),
+                             progress=not args.no_progress, device=args.device)
+    out = convert_run(args.run, args.to, args.out, options, resume=args.resume)
+    print(f"wrote {out}" if args.to in FILE_TARGETS else f"run: {out}")
+    return 0
+
+
 def _require_viewer() -> int | None:
     """Exit code 2 with one line when the viewer cannot open here (no display, no dearpygui), else None."""
     from omnifield.viewer.display import viewer_unavailable_reason
@@ -357,6 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_commands(sub, common)
     _add_train_command(sub, with_backend)
     _add_run_commands(sub, with_backend)
+    _add_convert_command(sub, with_backend)
     _add_view_command(sub, with_backend)
     _add_flow_commands(sub, common)
     p = sub.add_parser("doctor", parents=with_backend,
@@ -499,6 +515,37 @@ def _add_run_commands(sub, parents) -> None:
     p.add_argument("--out", default="demo", help="output folder (default ./demo)")
     p.add_argument("--minutes", type=float, default=2.0, help="training budget in minutes")
     p.set_defaults(func=cmd_demo)
+
+
+def _add_convert_command(sub, parents) -> None:
+    p = sub.add_parser("convert", parents=parents,
+                       help="convert a run into another representation (PVD, render distillation, slice, mesh, points)")
+    p.add_argument("run", help="the teacher's run directory")
+    p.add_argument("--to", required=True, metavar="METHOD",
+                   help="target method (see `omnifield methods`), or mesh / pointcloud")
+    p.add_argument("--out", help="the student's run directory (default runs/<run>-to-<method>-<time>); "
+                                 "the .ply / .obj / .glb file for --to mesh, the .ply for --to pointcloud")
+    p.add_argument("--steps", "--max-steps", dest="steps", type=_positive_int,
+                   help="optimiser steps of the student (default: the Trainer's 30000)")
+    p.add_argument("--max-minutes", type=float, help="training-time budget in minutes (stops cleanly)")
+    p.add_argument("--time", type=float,
+                   help="normalised time of a dynamic teacher (4dgs); required to make a radiance field of one, "
+                        "slice / mesh / pointcloud default to the middle of its time range")
+    p.add_argument("--no-active-learning", action="store_true",
+                   help="PVD without PVD-AL (no hard poses, hard rays or high-weight point selection)")
+    p.add_argument("--mix-gt", type=float, default=0.0,
+                   help="fraction of PVD rays taken from the real training images (default 0: teacher only)")
+    p.add_argument("--views", type=_positive_int, default=100,
+                   help="render distillation: teacher views rendered around the dataset cameras (default 100)")
+    p.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE",
+                   help="student config options, typed by the target's config (e.g. --set sh_degree=2)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted conversion in --out (its distill.json and last checkpoint)")
+    p.add_argument("--threads", type=_positive_int, help="torch CPU threads")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_convert)
 
 
 def _add_view_command(sub, parents) -> None:

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from omnifield.datasets.cameras import Cameras
-from omnifield.renderers.types import RayBundle, RenderOutput
+from omnifield.renderers.types import PackedSamples, RayBundle, RenderOutput
 
 
 @dataclass(frozen=True)
@@ -188,6 +188,42 @@ class HasDensity(Protocol):
 
     def color(self, x: Tensor, d: Tensor, t: Tensor | None = None) -> Tensor:
         """``x [N, 3]`` points, ``d [N, 3]`` unit view directions -> ``[N, 3]`` colour in [0, 1]."""
+
+
+@dataclass
+class FieldOutputs:
+    """A radiance field evaluated at points, split as PVD (Fang et al. 2023) splits every architecture:
+    its own volume part gives an intermediate feature, shared heads turn it into density and colour.
+
+    Attributes:
+        sigma_pre: ``[N]`` density pre-activation; the density is ``trunc_exp(clamp(sigma_pre))``
+            (the scene's ``density_clamp``, PVD: (-2, 7)).
+        features: ``[N, F]`` the shared intermediate feature (column 0 is ``sigma_pre``, then the
+            geometry features the colour head reads), or None for architectures without one (plenoxels).
+        rgb: ``[N, 3]`` colour in [0, 1], or None when no directions were given.
+    """
+
+    sigma_pre: Tensor
+    features: Tensor | None = None
+    rgb: Tensor | None = None
+
+
+@runtime_checkable
+class HasFieldFeatures(Protocol):
+    """A radiance field PVD can distil into and out of (nerf with shared heads, instant-ngp, tensorf, plenoxels).
+
+    ``grid`` is the scene's :class:`~omnifield.renderers.occupancy.OccupancyGrid`; the converter fills
+    it from the teacher's density before distilling so the student marches where the teacher has matter.
+    """
+
+    grid: nn.Module
+
+    def field_outputs(self, x: Tensor, d: Tensor | None = None) -> FieldOutputs:
+        """``x [N, 3]`` world points (``d [N, 3]`` unit directions or None) -> :class:`FieldOutputs`. Differentiable."""
+
+    def march(self, rays: RayBundle, stratified: bool = False) -> PackedSamples:
+        """The samples the scene's occupancy-grid marcher takes on ``rays`` (constant or cone steps),
+        without density-based early termination. Not differentiable."""
 
 
 @runtime_checkable

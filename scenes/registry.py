@@ -37,6 +37,8 @@ _REGISTRY: dict[str, MethodSpec] = {}
 _BUILTINS = {
     "nerf": "omnifield.scenes.nerf",
     "instant-ngp": "omnifield.scenes.instant_ngp",
+    "tensorf": "omnifield.scenes.tensorf",
+    "plenoxels": "omnifield.scenes.plenoxels",
     "3dgs": "omnifield.scenes.gaussian_splatting",
     "4dgs": "omnifield.scenes.gaussians_4d",
 }

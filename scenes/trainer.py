@@ -7,6 +7,9 @@ in size), with a random background per ray when the images have alpha; scenes wi
 ``batch_kind == "images"`` (Gaussian splatting) get whole images instead, walked in a seeded
 random order, with a random background per image. Runs are deterministic for
 a seed, and ``--resume`` reaches the same state as an uninterrupted run.
+
+An *objective* (see :class:`Objective`) replaces the batch drawing and ``training_step`` of the
+scene (distillation draws its own rays and asks a teacher); the Trainer keeps everything else.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import time
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -93,33 +97,65 @@ class TrainResult:
     eval_psnr: float | None = None
 
 
+class Objective(Protocol):
+    """What a Trainer optimises instead of ``scene.training_step`` (e.g. PVD's distillation).
+
+    ``training_step(trainer, step)`` draws its own batch (``trainer.generator``,
+    ``trainer.sample_batch`` for ground-truth rays), calls the scene hooks it wants before the
+    forward pass (``scene.on_step_begin`` is *not* called by the Trainer) and returns the losses:
+    ``"loss"`` (the differentiable total), scalars to log (``"psnr"`` shows in the progress bar) and
+    optionally ``"num_rays"`` (for the rays/s rate). The Trainer then does zero_grad, backward, the
+    optimiser and scheduler steps, ``scene.on_step_end(step)``, the non-finite check, logging,
+    evaluation, checkpoints and the budget.
+
+    Optional members: ``state_dict() -> dict`` (JSON values; saved in the checkpoint's trainer state
+    under ``"objective"``), ``load_state_dict(d)`` (called on resume), and an int attribute
+    ``horizon``: the Trainer sets it to ``config.max_steps`` at construction and, with a time budget,
+    to the projected final step (as it does with the ``max_steps`` of LR factors).
+    """
+
+    def training_step(self, trainer: "Trainer", step: int) -> dict[str, Tensor]: ...
+
+
 class Trainer:
     """Trains a Scene on a SceneData, writing checkpoints and metrics to ``run_dir``.
 
     Thread-safe controls for a live viewer: :meth:`pause`, :meth:`resume_training`, :meth:`stop`,
     and :attr:`lock` (held during each step; hold it to render a consistent scene).
+
+    ``objective`` (an :class:`Objective`) replaces the scene's own batches and ``training_step``.
+    ``record_data`` is the SceneData written to ``config.json`` / ``cameras.safetensors`` (default
+    ``data``): a converter trains on teacher renders but records the real dataset, so evaluation,
+    rendering and export of the run use the real cameras and splits. Held-out evaluation during
+    training uses ``data``.
     """
 
     def __init__(self, scene, data, config: TrainerConfig | None = None, run_dir: str | Path | None = None,
-                 *, downscale: int | None = None, method: str | None = None):
+                 *, downscale: int | None = None, method: str | None = None, objective: Objective | None = None,
+                 record_data=None):
         self.scene = scene
         self.data = data
+        self.record_data = data if record_data is None else record_data
+        self.objective = objective
         self.config = config or TrainerConfig()
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.method = method or str(getattr(scene, "method", "") or getattr(scene.config, "method", ""))
-        self.downscale = int(downscale if downscale is not None else data.metadata.get("downscale", 1))
+        self.downscale = int(downscale if downscale is not None else self.record_data.metadata.get("downscale", 1))
         self.device = scene.scene_box.device if hasattr(scene, "scene_box") else torch.device("cpu")
         self.cameras = data.cameras.to(self.device)
         self.batch_kind = str(getattr(scene, "batch_kind", "rays"))
-        if self.batch_kind == "images":
-            self.sampler = ImageSampler(data, data.split("train"))
-        elif self.batch_kind == "rays":
-            self.sampler = PixelSampler(data, data.split("train"))
-        else:
+        if self.batch_kind not in ("rays", "images"):
             raise ConfigError(f"scene batch_kind must be 'rays' or 'images', got {self.batch_kind!r}")
+        self._sampler = None
+        if objective is None:  # an objective may never need the training images: load them on first use
+            self._sampler = self._make_sampler()
+        elif not callable(getattr(objective, "training_step", None)):
+            raise ConfigError(f"objective {type(objective).__name__} has no training_step(trainer, step)")
         self.eval_indices = self._eval_split()
         self.generator = torch.Generator().manual_seed(self.config.seed)
         self.optimizer, self.scheduler = scene.configure_optimizers(self.config.max_steps)
+        if objective is not None and hasattr(objective, "horizon"):
+            objective.horizon = int(self.config.max_steps)
         self.global_step = 0
         self.elapsed_seconds = 0.0
         self.last_checkpoint_step: int | None = None
@@ -153,6 +189,18 @@ class Trainer:
         return not self._running.is_set()
 
     # -- one step -------------------------------------------------------------------------------
+    def _make_sampler(self):
+        if self.batch_kind == "images":
+            return ImageSampler(self.data, self.data.split("train"))
+        return PixelSampler(self.data, self.data.split("train"))
+
+    @property
+    def sampler(self) -> PixelSampler | ImageSampler:
+        """The training-image sampler (built on first use when an objective drives the training)."""
+        if self._sampler is None:
+            self._sampler = self._make_sampler()
+        return self._sampler
+
     def sample_batch(self, num_rays: int) -> RayBatch:
         """A :class:`RayBatch` of ``num_rays`` random training pixels (uses the trainer's generator)."""
         from omnifield.renderers.rays import camera_rays
@@ -177,12 +225,16 @@ class Trainer:
         with self.lock:
             step = self.global_step
             self.scene.train()
-            self.scene.on_step_begin(step)
-            if self.batch_kind == "images":
-                batch = self.sample_images(int(self.scene.views_per_batch()))
+            batch = None
+            if self.objective is not None:
+                losses = self.objective.training_step(self, step)
             else:
-                batch = self.sample_batch(int(self.scene.rays_per_batch()))
-            losses = self.scene.training_step(batch, step)
+                self.scene.on_step_begin(step)
+                if self.batch_kind == "images":
+                    batch = self.sample_images(int(self.scene.views_per_batch()))
+                else:
+                    batch = self.sample_batch(int(self.scene.rays_per_batch()))
+                losses = self.scene.training_step(batch, step)
             loss = losses["loss"]
             value = float(loss.detach())
             if not math.isfinite(value):
@@ -198,7 +250,10 @@ class Trainer:
             self._mutating = False
         out = {k: float(v.detach()) if isinstance(v, Tensor) else float(v)
                for k, v in losses.items() if isinstance(v, (Tensor, int, float)) and (not isinstance(v, Tensor) or v.numel() == 1)}
-        out["rays"] = float(len(batch) if isinstance(batch, ImageBatch) else len(batch.rays))  # pixels
+        if batch is None:
+            out["rays"] = float(out.get("num_rays", 0.0))
+        else:
+            out["rays"] = float(len(batch) if isinstance(batch, ImageBatch) else len(batch.rays))  # pixels
         return out
 
     def _diverged(self, step: int, value: float) -> TrainingDiverged:
@@ -220,8 +275,10 @@ class Trainer:
 
     def _trainer_extra(self) -> dict:
         extra = {"elapsed_seconds": self.elapsed_seconds}
-        if isinstance(self.sampler, ImageSampler):
-            extra["image_sampler"] = self.sampler.state_dict()
+        if isinstance(self._sampler, ImageSampler):
+            extra["image_sampler"] = self._sampler.state_dict()
+        if self.objective is not None and callable(getattr(self.objective, "state_dict", None)):
+            extra["objective"] = self.objective.state_dict()
         return extra
 
     def resume(self) -> int:
@@ -242,8 +299,13 @@ class Trainer:
         except (ValueError, KeyError, TypeError, RuntimeError) as e:
             raise CheckpointError(f"optimizer state does not fit this scene ({e})", state_path) from None
         runs.restore_rng(state.rng_tensors, state.rng, self.generator)
-        if isinstance(self.sampler, ImageSampler) and "image_sampler" in state.trainer:
+        if self.batch_kind == "images" and "image_sampler" in state.trainer:
             self.sampler.load_state_dict(state.trainer["image_sampler"])
+        if self.objective is not None and callable(getattr(self.objective, "load_state_dict", None)):
+            if "objective" not in state.trainer:
+                raise CheckpointError("the checkpoint holds no objective state (not a run of this objective?)",
+                                      state_path)
+            self.objective.load_state_dict(state.trainer["objective"])
         self.global_step = step
         self.elapsed_seconds = float(state.trainer.get("elapsed_seconds", 0.0))
         self.last_checkpoint_step = step
@@ -253,6 +315,8 @@ class Trainer:
 
     # -- evaluation and logging -----------------------------------------------------------------
     def _eval_split(self) -> list[int]:
+        if getattr(self.data, "images", None) is None:  # a SceneInfo (no images): nothing to score against
+            return []
         for name in ("test", "val"):
             if self.data.splits.get(name):
                 return list(self.data.splits[name])
@@ -295,7 +359,7 @@ class Trainer:
             torch.manual_seed(cfg.seed)
         if self.run_dir is not None:
             runs.write_run_config(self.run_dir, method=self.method, scene_config=self.scene.config,
-                                  trainer_config=cfg, data=self.data, downscale=self.downscale)
+                                  trainer_config=cfg, data=self.record_data, downscale=self.downscale)
         restore_sigint = self._install_sigint()
         bar = _ProgressBar(cfg, self.global_step)
         status = "finished"
@@ -353,21 +417,25 @@ class Trainer:
         """With ``max_minutes``, stretch or shrink the LR schedule to the steps the budget will allow.
 
         Schedules are built for ``max_steps``; a wall-clock budget usually ends earlier, which would
-        leave the learning rate undecayed. Every 50 steps the projected final step
-        (``step + remaining_seconds / seconds_per_step``, capped at ``max_steps``) becomes the horizon
-        of every LR factor that has a ``max_steps`` attribute.
+        leave the learning rate undecayed. At steps 10, 20, 30, 40, then every 50 steps, the projected
+        final step (``step + remaining_seconds / seconds_per_step``, capped at ``max_steps``) becomes the
+        horizon of every LR factor that has a ``max_steps`` attribute, and the objective's ``horizon``
+        (the early projections matter to short budgets of slow steps: a few dozen steps in all).
         """
         cfg = self.config
-        if cfg.max_minutes is None or self.scheduler is None:
+        has_horizon = self.objective is not None and hasattr(self.objective, "horizon")
+        if cfg.max_minutes is None or (self.scheduler is None and not has_horizon):
             return
         self._step_seconds = dt if self._step_seconds is None else 0.95 * self._step_seconds + 0.05 * dt
-        if step < 50 or step % 50:
+        if step < 10 or step % (10 if step < 50 else 50):
             return
         remaining = max(0.0, cfg.max_minutes * 60 - self.elapsed_seconds)
         horizon = min(cfg.max_steps, step + int(remaining / max(self._step_seconds, 1e-6)))
         for fn in getattr(self.scheduler, "lr_lambdas", []):
             if hasattr(fn, "max_steps"):
                 fn.max_steps = max(horizon, 1)
+        if has_horizon:
+            self.objective.horizon = max(horizon, 1)
 
     def _on_interrupt(self) -> None:
         if self._mutating:
@@ -379,7 +447,7 @@ class Trainer:
             return
         self.save()
         print(f"omnifield: interrupted at step {self.global_step}; checkpoint saved in {self.run_dir}\n"
-              f"resume with: omnifield train {self.method} --data {self.data.root} --out {self.run_dir} --resume",
+              f"resume with: omnifield train {self.method} --data {self.record_data.root} --out {self.run_dir} --resume",
               file=sys.stderr)
 
     def _install_sigint(self):
@@ -512,5 +580,5 @@ def train_method(method: str, data_path: str | Path | None, **kwargs) -> TrainRe
     return build_trainer(method, data_path, **kwargs).train()
 
 
-__all__ = ["TrainerConfig", "TrainResult", "Trainer", "PixelSampler", "ImageSampler", "build_trainer", "train_method", "default_run_dir",
+__all__ = ["TrainerConfig", "TrainResult", "Trainer", "Objective", "PixelSampler", "ImageSampler", "build_trainer", "train_method", "default_run_dir",
            "pick_device"]

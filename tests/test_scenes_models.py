@@ -135,3 +135,32 @@ def test_instant_ngp_step_scale_marches_coarser_for_previews():
         counts[scale] = scene._last_samples
     # The untrained grid is fully occupied: twice the step, about half the samples.
     assert 0.4 * counts[1.0] < counts[2.0] < 0.6 * counts[1.0]
+
+
+@pytest.mark.parametrize("heads", ["paper", "shared"])
+def test_nerf_grid_single_pass_inference_equals_the_two_pass_render(heads):
+    # With the occupancy grid, inference evaluates the field once and terminates rays in compositing;
+    # it must equal the training path (the sampler's density pass drops the samples, then a second pass).
+    torch.manual_seed(0)
+    spec = get_method("nerf")
+    cfg = spec.config_cls(**TINY["nerf"], use_occupancy_grid=True, grid_resolution=16, heads=heads,
+                          render_step_size=0.04, lr=1e-2, lr_final=1e-2)
+    scene = spec.build(cfg, _data())
+    opt, _ = scene.configure_optimizers(20)
+    gen = torch.Generator().manual_seed(3)
+    for step in range(20):  # some opacity, so termination drops samples
+        scene.train()
+        scene.on_step_begin(step)
+        losses = scene.training_step(_sphere_rays(64, gen), step)
+        opt.zero_grad()
+        losses["loss"].backward()
+        opt.step()
+    scene.eval()
+    rays = _sphere_rays(200, gen).rays
+    with torch.no_grad():
+        fast = scene.render_rays(rays, torch.ones(3))
+    with torch.enable_grad():
+        slow = scene.render_rays(rays, torch.ones(3))
+    assert float(slow.alpha.detach().max()) > 0.5
+    for a, b in ((fast.rgb, slow.rgb), (fast.alpha, slow.alpha), (fast.depth, slow.depth)):
+        torch.testing.assert_close(a, b.detach(), rtol=1e-5, atol=1e-5)

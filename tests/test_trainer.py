@@ -289,3 +289,50 @@ def test_time_budget_fits_the_lr_schedule_to_the_projected_steps(tmp_path):
     for step in range(1, 101):
         plain._fit_schedule_to_budget(step, 0.1)
     assert plain.scheduler.lr_lambdas[0].max_steps == 10_000
+
+
+class CountingObjective:
+    """A minimal Trainer objective: the fake scene's MSE on trainer batches, a call counter as its state."""
+
+    def __init__(self):
+        self.calls, self.horizon = 0, None
+
+    def training_step(self, trainer, step):
+        batch = trainer.sample_batch(16)
+        self.calls += 1
+        mse = ((trainer.scene.render_rays(batch.rays, batch.background).rgb - batch.rgb) ** 2).mean()
+        return {"loss": mse, "psnr": -10 * torch.log10(mse.detach()), "num_rays": 16.0}
+
+    def state_dict(self):
+        return {"calls": self.calls}
+
+    def load_state_dict(self, state):
+        self.calls = int(state["calls"])
+
+
+def test_objective_replaces_the_training_step_and_is_checkpointed(tmp_path):
+    data = make_data(tmp_path / "data")
+    real = make_data(tmp_path / "real", sizes=((8, 8),) * 6)  # what the run records instead of the training data
+    scene = fake_scene()
+    scene.training_step = None  # never called with an objective
+    run = tmp_path / "run"
+    objective = CountingObjective()
+    trainer = Trainer(scene, data, quiet(max_steps=4), run, objective=objective, record_data=real)
+    assert objective.horizon == 4
+    assert trainer.train().step == 4
+    assert objective.calls == 4 and scene.steps_seen == 4  # the scene's on_step_end still runs
+    assert runs.read_json(run / "trainer_state.json")["trainer"]["objective"] == {"calls": 4}
+    assert runs.read_json(run / "config.json")["splits"]["train"] == [0, 1, 2, 3, 4]  # the recorded data's
+    assert len(runs._load_cameras(run / "cameras.safetensors")) == 6
+    train = [r for r in runs.read_jsonl(run / "metrics.jsonl") if r["type"] == "train"]
+    assert len(train) == 4 and all(r["num_rays"] == 16.0 and "psnr" in r for r in train)
+
+    resumed = Trainer(fake_scene(), data, quiet(max_steps=6), run, objective=CountingObjective(), record_data=real)
+    assert resumed.resume() == 4 and resumed.objective.calls == 4
+    assert resumed.train().step == 6 and resumed.objective.calls == 6
+    # a time budget moves the objective's horizon with the LR schedule's
+    budget = Trainer(fake_scene(), data, quiet(max_steps=10_000, max_minutes=1.0), objective=CountingObjective())
+    budget.elapsed_seconds = 10.0
+    for step in range(1, 101):
+        budget._fit_schedule_to_budget(step, 0.1)
+    assert budget.objective.horizon == 600

@@ -42,6 +42,8 @@ class InstantNGPConfig(SceneConfig):
     """Spherical-harmonics bands of the view direction."""
     density_bias: float = -1.0
     """Added before trunc_exp (nerfacc), so the initial density is ~exp(-1)."""
+    density_clamp: tuple[float, float] | None = None
+    """Clamp of the density pre-activation ``h_0 + density_bias`` before trunc_exp (PVD: (-2, 7)). None: no clamp."""
     grid_resolution: int | None = None
     """Occupancy-grid cells per side. Paper 128; cpu profile 64 (a grid update costs a density evaluation per cell)."""
     grid_levels: int | None = None

@@ -16,7 +16,7 @@ from omnifield.renderers.occupancy import OccupancyGrid
 from omnifield.renderers.types import PackedSamples, RayBundle, RenderOutput
 from omnifield.renderers.volume import composite
 from omnifield.scenes._common import WarmupMultiStep, adam, default_profile, psnr, scene_extent
-from omnifield.scenes.base import RayBatch, RenderOptions, Scene
+from omnifield.scenes.base import FieldOutputs, RayBatch, RenderOptions, Scene
 from omnifield.scenes.instant_ngp.config import InstantNGPConfig
 
 _PROFILES = {
@@ -57,11 +57,12 @@ def resolve_config(config: InstantNGPConfig, scene_box: Tensor, unbounded: bool 
 
 
 class InstantNGP(Scene):
-    """Instant-NGP radiance field (implements ``HasDensity``).
+    """Instant-NGP radiance field (implements ``HasDensity`` and ``HasFieldFeatures``).
 
-    Density: ``trunc_exp(h_0 + density_bias)`` of a 1-hidden-layer MLP on the hash encoding of the
-    position normalised to the grid box; colour: sigmoid of a 2-hidden-layer MLP on
-    [SH(view direction), 15 geometry features].
+    Density: ``trunc_exp(clamp(h_0 + density_bias))`` of a 1-hidden-layer MLP on the hash encoding of
+    the position normalised to the grid box (clamped only with ``density_clamp``); colour: sigmoid of
+    a 2-hidden-layer MLP on [SH(view direction), 15 geometry features]. PVD's shared intermediate is
+    ``[h_0 + density_bias, h_1..15]``.
     """
 
     method = "instant-ngp"
@@ -71,6 +72,8 @@ class InstantNGP(Scene):
         c = config
         if c.max_resolution is None or c.render_step_size is None:
             raise ConfigError("InstantNGP needs a resolved config (use resolve_config or build)")
+        if c.density_clamp is not None and (len(c.density_clamp) != 2 or not c.density_clamp[0] < c.density_clamp[1]):
+            raise ConfigError(f"instant-ngp: density_clamp must be (low, high) with low < high, got {c.density_clamp}")
         self.grid = OccupancyGrid(self.scene_box, c.grid_resolution, c.grid_levels)
         self.register_buffer("field_box", self.grid.outer_aabb().clone())
         self.encoding = HashGridEncoding(HashGridConfig(
@@ -84,12 +87,21 @@ class InstantNGP(Scene):
         self._last_samples = 0
 
     # -- field ---------------------------------------------------------------------------------
-    def _geometry(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def _mlp(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Density-MLP output ``h [N, 16]`` (``h_0 + density_bias`` is sigma_pre) and the mask ``[N]`` of
+        points inside the field box."""
         lo, hi = self.field_box[0], self.field_box[1]
         u = (x - lo) / (hi - lo)
         inside = ((u >= 0) & (u <= 1)).all(dim=-1)
-        h = self.density_mlp(self.encoding(u))
-        sigma = trunc_exp(h[:, 0] + self.config.density_bias) * inside.to(h.dtype)
+        return self.density_mlp(self.encoding(u)), inside
+
+    def _activate(self, sigma_pre: Tensor) -> Tensor:
+        clamp = self.config.density_clamp
+        return trunc_exp(sigma_pre if clamp is None else sigma_pre.clamp(*clamp))
+
+    def _geometry(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h, inside = self._mlp(x)
+        sigma = self._activate(h[:, 0] + self.config.density_bias) * inside.to(h.dtype)
         return sigma, h[:, 1:]
 
     def density(self, x: Tensor, t: Tensor | None = None) -> Tensor:
@@ -102,6 +114,26 @@ class InstantNGP(Scene):
     def color(self, x: Tensor, d: Tensor, t: Tensor | None = None) -> Tensor:
         """``x [N, 3]``, unit ``d [N, 3]`` -> ``[N, 3]`` colour in [0, 1]."""
         return self._color(self._geometry(x)[1], d)
+
+    def field_outputs(self, x: Tensor, d: Tensor | None = None) -> FieldOutputs:
+        """``x [N, 3]`` world points (``d [N, 3]`` unit directions or None) -> PVD's :class:`FieldOutputs`:
+        ``sigma_pre = h_0 + density_bias``, ``features = [sigma_pre, geo_15]`` ``[N, 16]``, ``rgb``.
+        Inside the field box ``density(x) == trunc_exp(clamp(sigma_pre))``; outside, ``density`` is 0
+        whatever ``sigma_pre`` (the marcher never samples there). Differentiable."""
+        h, _ = self._mlp(x)
+        sigma_pre = h[:, 0] + self.config.density_bias
+        features = torch.cat([sigma_pre[:, None], h[:, 1:]], dim=-1)
+        return FieldOutputs(sigma_pre, features, None if d is None else self._color(h[:, 1:], d))
+
+    def march(self, rays: RayBundle, stratified: bool = False) -> PackedSamples:
+        """The occupancy-grid samples :meth:`render_rays` marches (constant or cone steps, near/far of
+        the config), without density-based termination. Records the sample count for the adaptive
+        batch size (:meth:`on_step_end`). Not differentiable."""
+        c = self.config
+        samples = self.grid.sample(rays, c.near, c.far, c.render_step_size, None, stratified=stratified,
+                                   cone_angle=c.cone_angle or 0.0)
+        self._last_samples = len(samples)
+        return samples
 
     # -- rendering -----------------------------------------------------------------------------
     def render_rays(self, rays: RayBundle, background: Tensor, options: RenderOptions | None = None) -> RenderOutput:

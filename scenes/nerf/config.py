@@ -24,11 +24,18 @@ class NeRFConfig(SceneConfig):
     skip_layer: int = 4
     """Trunk layer that receives the encoded position again (skip connection)."""
     color_hidden_dim: int = 128
-    """Width of the view-dependent colour head."""
+    """Width of the view-dependent colour head (heads="paper"; the shared head is 64 wide)."""
     n_coarse: int = 64
     """Stratified samples per ray of the coarse network."""
     n_fine: int = 128
     """Extra importance samples per ray of the fine network (it evaluates n_coarse + n_fine)."""
+    heads: str = "paper"
+    """"paper": the NeRF MLP (relu density, 128-wide colour head). "shared": PVD's split (Fang et al. 2023):
+    the trunk ends in ``Linear(hidden_dim, 16)`` = [sigma_pre, 15 geometry features], density
+    ``trunc_exp(clamp(sigma_pre))``, colour = the instant-ngp colour MLP (64 wide, 2 hidden layers) on
+    [SH degree 4 of the direction, the 15 features]; needs ``use_occupancy_grid``."""
+    density_clamp: tuple[float, float] | None = None
+    """Clamp of the density pre-activation (heads="shared" only; PVD: (-2, 7)). None: no clamp."""
     use_occupancy_grid: bool = False
     """Replace the coarse network by an occupancy grid (Instant-NGP style marching)."""
     grid_resolution: int = 128
