@@ -469,7 +469,8 @@ def _convert_pvd(teacher, target: str, data, options: ConvertOptions, out, resum
         raise ConfigError("mix_gt > 0 needs the teacher's dataset images (the dataset folder cannot be read)")
     config = PVDConfig(active_learning=bool(options.active_learning), mix_gt=float(options.mix_gt))
     result = distill_fields(teacher, student, data, run_dir=out, trainer_config=_trainer_config(options, data),
-                            config=config, method=target, record_data=data, resume=resume and _has_checkpoint(out))
+                            config=config, method=target, record_data=data, resume=resume and _has_checkpoint(out),
+                            resume_hint="")  # convert prints its own "omnifield convert ... --resume" line
     return student, result
 
 
@@ -484,6 +485,7 @@ def _convert_render(teacher, target: str, data, options: ConvertOptions, out, re
     student = build_student(target, views, options, None, out if resuming else None).to(_device_of(teacher))
     trainer = Trainer(student, views, _trainer_config(options, views), out, downscale=_downscale(data),
                       method=target, record_data=data)  # the run records the real dataset, not the teacher views
+    trainer.resume_hint = ""  # convert prints its own "omnifield convert ... --resume" line
     if resuming:
         trainer.resume()
     return student, trainer.train()

@@ -480,7 +480,7 @@ class PVDObjective:
 
 def distill_fields(teacher, student, data, *, run_dir=None, trainer_config: TrainerConfig = TrainerConfig(),
                    config: PVDConfig = PVDConfig(), method: str | None = None, record_data=None,
-                   resume: bool = False) -> TrainResult:
+                   resume: bool = False, resume_hint: str | None = None) -> TrainResult:
     """Distil ``teacher`` into ``student`` with PVD / PVD-AL, as an ordinary training run.
 
     ``data``: the SceneData the poses are drawn around (its held-out images are what the Trainer's
@@ -492,6 +492,7 @@ def distill_fields(teacher, student, data, *, run_dir=None, trainer_config: Trai
     objective = PVDObjective(teacher, student, data, config, generator_seed=trainer_config.seed)
     trainer = Trainer(student, data, trainer_config, run_dir, method=method, objective=objective,
                       record_data=record_data)
+    trainer.resume_hint = resume_hint  # what Ctrl-C prints after "resume with:" (see Trainer.resume_hint)
     if resume:
         trainer.resume()
     return trainer.train()

@@ -166,6 +166,9 @@ class Trainer:
         self._sigint = False
         self._mutating = False
         self._resumed = False
+        self.resume_hint: str | None = None
+        """What Ctrl-C prints after "resume with:" (None: the ``omnifield train ... --resume`` command;
+        "": nothing, the caller prints its own, as ``omnifield convert`` does)."""
         self._last_eval_step: int | None = None
         self._step_seconds: float | None = None
         self._last = {"loss": None, "psnr": None, "eval_psnr": None}
@@ -446,9 +449,11 @@ class Trainer:
         if self.run_dir is None:
             return
         self.save()
-        print(f"omnifield: interrupted at step {self.global_step}; checkpoint saved in {self.run_dir}\n"
-              f"resume with: omnifield train {self.method} --data {self.record_data.root} --out {self.run_dir} --resume",
-              file=sys.stderr)
+        hint = self.resume_hint
+        if hint is None:
+            hint = f"omnifield train {self.method} --data {self.record_data.root} --out {self.run_dir} --resume"
+        print(f"omnifield: interrupted at step {self.global_step}; checkpoint saved in {self.run_dir}"
+              + (f"\nresume with: {hint}" if hint else ""), file=sys.stderr)
 
     def _install_sigint(self):
         """First Ctrl-C: finish the step, save and raise KeyboardInterrupt. Second: raise at once."""
