@@ -12,7 +12,8 @@ Parts (select with ``--only teachers,matrix,speedup,al``):
   ``--methods``) converted with ``omnifield.distill.convert`` for ``--convert-minutes``: held-out PSNR
   of the student against the ground truth, student-vs-teacher PSNR on the teacher's renders of the
   same held-out cameras, conversion wall time (teacher views and occupancy included), the route.
-- ``speedup``: a paper NeRF trained from scratch for ``--scratch-minutes`` against instant-ngp -> nerf
+- ``speedup``: a paper NeRF trained from scratch for ``--scratch-minutes`` (or taken from a
+  ``bench/cpu.py`` result with ``--scratch-json``) against instant-ngp -> nerf
   by PVD, evaluated every ``--speedup-eval-every`` steps: the conversion time at which the student
   first reaches the scratch NeRF's held-out PSNR, and the ratio of the two times (target >= 10x).
 - ``al``: PVD-AL against plain PVD at the same budget (``--al-pairs``), held-out and
@@ -262,7 +263,7 @@ def main(argv=None) -> dict:
     p.add_argument("--scratch-json", type=Path, default=None,
                    help="take the scratch NeRF from a bench/cpu.py result (parts.lego.nerf) instead of training it")
     p.add_argument("--speedup-slack", type=float, default=2.0,
-                   help="the speedup conversion runs for slack x scratch-minutes / 10")
+                   help="the speedup conversion trains for slack x the scratch NeRF's training time / 10")
     p.add_argument("--speedup-eval-every", type=int, default=25, help="steps between held-out evaluations")
     p.add_argument("--nerf-teacher-set", nargs="*", default=["heads=shared", "use_occupancy_grid=true"])
     p.add_argument("--eval-images", type=int, default=3, help="held-out views scored (evenly spaced)")
