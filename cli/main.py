@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import traceback
@@ -253,6 +254,8 @@ def cmd_flow_estimate(args) -> int:
     out = save_flow_npz(args.out, result)
     print(f"{len(result.points)} points, loss {result.loss:.4g}, {result.iterations} iterations "
           f"(best {result.best_iteration}), {result.runtime_s:.1f} s")
+    if result.rigid is not None:
+        print(_rigid_line(result.rigid))
     print(f"wrote {out}")
     return 0
 
@@ -271,13 +274,15 @@ def cmd_flow_eval(args) -> int:
         atomic_write_json(args.out, result)
     rows = []
     methods = [("nsfp", result)] + [(name, r) for name, r in result.get("baselines", {}).items()]
+    if "field_only" in result:  # the rigid refinement ran: the field's own flow, before it
+        methods = [("nsfp+rigid", result), ("nsfp", dict(result["field_only"], runtime_s=math.nan))] + methods[1:]
     for name, r in methods:
         for subset in ("all", "static", "dynamic"):
             m = r if subset == "all" else r.get(subset)
             if m is None:
                 continue
             rows.append((name, subset, str(m["n_points"]), *(f"{m[k]:.4f}" for k in METRIC_KEYS),
-                         f"{r['runtime_s']:.1f}" if subset == "all" else ""))
+                         f"{r['runtime_s']:.1f}" if subset == "all" and math.isfinite(r['runtime_s']) else ""))
     _print_table(["method", "points", "n", "EPE3D m", "Acc3DS", "Acc3DR", "outliers", "angle rad", "runtime s"], rows)
     notes = [f"protocol: {result['protocol'] or 'none'}", f"{result['pairs']} pair(s)"] + result.get("notes", [])
     print("; ".join(notes))
@@ -315,10 +320,19 @@ def cmd_flow_accumulate(args) -> int:
     if cloud.fit is not None:
         line += f"; fit loss {cloud.fit.loss:.4g}, {cloud.fit.iterations} iterations, {cloud.fit.runtime_s:.1f} s"
     print(line)
+    if cloud.rigid is not None:
+        print(_rigid_line(cloud.rigid.summary()))
     for note in cloud.notes or []:
         print(f"note: {note}")
     print(f"wrote {out}")
     return 0
+
+
+def _rigid_line(summary: dict) -> str:
+    """One line of a rigid refinement's summary (clusters, sweeps per status, points refined, seconds)."""
+    frames = ", ".join(f"{n} {status}" for status, n in sorted(summary["frames"].items()))
+    return (f"rigid refinement: {summary['clusters']} moving cluster(s) ({frames or 'none'}), "
+            f"{summary['points_refined']} points refined, {summary['runtime_s']:.1f} s")
 
 
 def _flow_device(device: str) -> str:
@@ -334,7 +348,9 @@ def _print_table(header: list[str], rows: list[tuple]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(*header)
+    table = Table()
+    for i, name in enumerate(header):
+        table.add_column(name, no_wrap=i == 0)  # the row's name stays whole in a narrow terminal
     for row in rows:
         table.add_row(*row)
     Console().print(table)
@@ -418,7 +434,9 @@ def _add_flow_commands(sub, common) -> None:
     p.add_argument("pc1", help="first sweep (.bin, .ply, .pcd, .npy), or a scene-flow .npz pair (then omit PC2)")
     p.add_argument("pc2", nargs="?", help="second sweep")
     p.add_argument("--out", required=True, help="output .npz: flow, points, indices, loss, iterations, runtime_s")
-    p.add_argument("--points", type=_positive_int, help="random N points of each sweep (default: all)")
+    p.add_argument("--points", type=_positive_int,
+                   help="random N points of each sweep (default: all; full sweeps: --set fit_points=8192 "
+                        "rigid.enabled=true fits the field on a sample, queries it everywhere, refines movers)")
     p.add_argument("--ground", choices=("none", "grid", "height", "ransac"), default="none",
                    help="remove ground points first (default none)")
     p.add_argument("--max-range", type=float, help="drop points farther than R metres from the sensor")

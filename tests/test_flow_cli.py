@@ -110,6 +110,21 @@ def test_flow_eval_on_synthetic_lidar_sequence(lidar_seq, tmp_path, capsys):
     assert f"metrics: {metrics}" in stdout
 
 
+def test_flow_eval_fits_a_sample_queries_every_point_and_reports_the_rigid_refinement(lidar_seq, tmp_path, capsys):
+    metrics = tmp_path / "metrics.json"
+    code, stdout, err = run_cli(["flow", "eval", lidar_seq, "--out", metrics, "--max-pairs", 1, *FAST_NSFP,
+                                 "--set", "fit_points=50", "rigid.enabled=true"], capsys)
+    assert code == 0, err
+    m = json.loads(metrics.read_text())
+    assert m["n_points"] > 50 and m["config"]["fit_points"] == 50  # every point scored, 50 fitted
+    assert m["field_only"]["n_points"] == m["n_points"] and "rigid" in m["per_pair"][0]
+    assert "nsfp+rigid" in stdout
+    code, stdout, err = run_cli(["flow", "estimate", lidar_seq, "--out", tmp_path / "f.npz", *FAST_NSFP,
+                                 "--set", "rigid.enabled=true"], capsys)
+    assert code == 0, err
+    assert "rigid refinement: " in stdout
+
+
 def test_flow_accumulate_writes_a_ply_trimesh_and_open3d_read(lidar_seq, tmp_path, capsys):
     from omnifield.datasets.pointclouds import load_point_clouds
 
@@ -117,7 +132,7 @@ def test_flow_accumulate_writes_a_ply_trimesh_and_open3d_read(lidar_seq, tmp_pat
     out = tmp_path / "map.ply"
     code, stdout, err = run_cli(["flow", "accumulate", lidar_seq, "--out", out, "--ref", 0, *FAST_TRAJ], capsys)
     assert code == 0, err
-    assert "at frame 0" in stdout and f"wrote {out}" in stdout
+    assert "at frame 0" in stdout and f"wrote {out}" in stdout and "rigid refinement: " in stdout
     trimesh = pytest.importorskip("trimesh")
     assert len(trimesh.load(out).vertices) == total
     o3d = pytest.importorskip("open3d")

@@ -139,3 +139,34 @@ def test_ego_motion_is_compensated_and_added_back():
     assert flow_metrics(est.flow, gt)["epe3d"] < 0.02
     with pytest.raises(ValueError, match="ego_motion"):
         estimate_flow(p1, p2, NSFPConfig(max_iterations=1), ego_motion=np.eye(3))
+
+
+def test_fit_points_fits_a_sample_and_returns_the_field_at_every_row():
+    p1, p2, gt = rigid_pair(1800)
+    est = estimate_flow(p1, p2, NSFPConfig(**SMALL, fit_points=600))
+    assert est.flow.shape == gt.shape
+    rows = np.sort(np.random.default_rng(SMALL.get("seed", 0)).choice(1800, 600, replace=False))
+    unseen = np.setdiff1d(np.arange(1800), rows)
+    seen, unseen_epe = flow_metrics(est.flow[rows], gt[rows])["epe3d"], flow_metrics(est.flow[unseen], gt[unseen])["epe3d"]
+    assert unseen_epe < 0.1 and unseen_epe < 1.5 * seen, (seen, unseen_epe)  # rows the loss never saw
+    assert flow_metrics(nn_flow(p1, p2), gt)["epe3d"] > 2 * unseen_epe
+    # the same sample fitted directly gives the same field: a sample, not a different problem
+    direct = estimate_flow(p1[rows], p2[np.sort(np.random.default_rng(1).choice(1800, 600, replace=False))],
+                           NSFPConfig(**SMALL))
+    np.testing.assert_allclose(est.flow[rows], direct.flow, atol=1e-5)
+    with pytest.raises(ValueError, match="fit_points"):
+        NSFPConfig(fit_points=0)
+
+
+def test_rigid_refinement_option_runs_after_the_fit_and_keeps_the_field_flow():
+    p1, p2, gt = rigid_pair(600)
+    plain = estimate_flow(p1, p2, NSFPConfig(**SMALL))
+    assert plain.field_flow is None and plain.rigid is None
+    from omnifield.scenes.nsfp.pipeline import nsfp_config
+
+    cfg = nsfp_config([f"{k}={v}" for k, v in SMALL.items()] + ["rigid.enabled=true"])
+    est = estimate_flow(p1, p2, cfg)
+    # the whole cloud moves rigidly: its dominant motion is the motion, nothing is left to refine
+    np.testing.assert_array_equal(est.field_flow, plain.flow)
+    np.testing.assert_array_equal(est.flow, plain.flow)
+    assert est.rigid["points_refined"] == 0

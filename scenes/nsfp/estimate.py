@@ -40,6 +40,11 @@ class FlowEstimate:
     """0-based iteration of the returned flow."""
     runtime_s: float
     """Wall time of the whole estimate (distance transform and set-up included)."""
+    field_flow: np.ndarray | None = None
+    """``[N, 3]`` float32: the fitted field's flow before the rigid refinement (None when it did not run)."""
+    rigid: dict | None = None
+    """:meth:`~omnifield.scenes.nsfp.rigid.RigidRefinement.summary` of the rigid refinement
+    (``config.rigid.enabled``), else None."""
     state: dict = field(default_factory=dict)
     """``{"flow": state_dict, "backward": state_dict | None}`` (CPU tensors) at the best iteration;
     pass as ``init_state`` with ``NSFPConfig(init="warm")`` to warm-start the next pair."""
@@ -177,10 +182,12 @@ def estimate_flow(points1, points2, config: NSFPConfig = NSFPConfig(), *, init_s
     t0 = time.perf_counter()
     dev = _device(device)
     p1, p2 = as_points(points1, "points1", dev), as_points(points2, "points2", dev)
+    given = p1
     ego = _ego_offset(ego_motion, p1)
     if ego is not None:
         p1 = p1 + ego
-    objective = _Loss(config, p1, p2)
+    fit1 = _sample_rows(p1, config.fit_points, config.seed)
+    objective = _Loss(config, fit1, _sample_rows(p2, config.fit_points, config.seed + 1))
     net, back = _init_nets(config, init_state, dev)
     groups = [{"params": list(net.parameters()), "weight_decay": config.weight_decay}]
     if back is not None:
@@ -207,11 +214,32 @@ def estimate_flow(points1, points2, config: NSFPConfig = NSFPConfig(), *, init_s
     if best_flow is None:
         raise ValueError("estimate_flow: the loss was not finite at the first iteration (inputs too far "
                          "from the origin or lr too high?)")
+    if fit1 is not p1:  # the fitted field at every row
+        net.load_state_dict(best_state["flow"])
+        with torch.no_grad():
+            best_flow = torch.cat([net(c) for c in p1.split(65536)])
     if ego is not None:
         best_flow = best_flow + ego
+    flow_np = field_flow = best_flow.cpu().numpy().astype(np.float32)
+    rigid = None
+    if config.rigid.enabled:
+        from omnifield.scenes.nsfp.rigid import refine_pair_flow
+
+        refined = refine_pair_flow(given.cpu().numpy(), flow_np, p2.cpu().numpy(), config.rigid,
+                                   ego_flow=None if ego is None else ego.cpu().numpy())
+        flow_np, rigid = refined.flow, refined.refinement.summary()
     return FlowEstimate(
-        flow=best_flow.cpu().numpy().astype(np.float32), loss=best_loss, iterations=it + 1,
-        best_iteration=best_it, runtime_s=time.perf_counter() - t0, state=best_state)
+        flow=flow_np, loss=best_loss, iterations=it + 1, best_iteration=best_it,
+        runtime_s=time.perf_counter() - t0, field_flow=None if rigid is None else field_flow, rigid=rigid,
+        state=best_state)
+
+
+def _sample_rows(points: Tensor, count: int | None, seed: int) -> Tensor:
+    """``count`` random rows of ``points`` (seeded), or ``points`` itself when it has no more rows."""
+    if count is None or len(points) <= count:
+        return points
+    rows = np.sort(np.random.default_rng(seed).choice(len(points), count, replace=False))
+    return points[torch.from_numpy(rows).to(points.device)]
 
 
 def _ego_offset(ego_motion, p1: Tensor) -> Tensor | None:

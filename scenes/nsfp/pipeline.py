@@ -103,6 +103,8 @@ class PairFlow:
     best_iteration: int
     runtime_s: float
     source: str = ""
+    rigid: dict | None = None
+    """Summary of the rigid refinement (``config.rigid.enabled``), else None."""
 
 
 def estimate_pair_flow(seq, config=None, *, pair: int = 0, points: int | None = None, ground: str = "none",
@@ -126,7 +128,7 @@ def estimate_pair_flow(seq, config=None, *, pair: int = 0, points: int | None = 
         est = estimate_flow(f1.points[rows1], f2.points[rows2], config, ego_motion=motion, device=device, progress=report)
     return PairFlow(flow=est.flow, points=f1.points[rows1], indices=rows1.astype(np.int64), loss=float(est.loss),
                     iterations=int(est.iterations), best_iteration=int(est.best_iteration),
-                    runtime_s=float(est.runtime_s), source=f1.path)
+                    runtime_s=float(est.runtime_s), source=f1.path, rigid=est.rigid)
 
 
 def save_flow_npz(path, result: PairFlow) -> Path:
@@ -206,7 +208,7 @@ def evaluate_sequence(seq, config=None, *, points: int | None = None, baselines:
     if max_pairs is not None:
         labelled = labelled[:max_pairs]
     box = AV2_RANGE if protocol == "av2" else None
-    nsfp_parts, base_parts, per_pair, runtime, used_ego = [], {}, [], 0.0, False
+    nsfp_parts, field_parts, base_parts, per_pair, runtime, used_ego = [], [], {}, [], 0.0, False
     for i in labelled:
         f1, f2 = seq.pair(i)
         labels = f1.is_ground is not None or f2.is_ground is not None
@@ -227,6 +229,9 @@ def evaluate_sequence(seq, config=None, *, points: int | None = None, baselines:
         nsfp_parts.append(m)
         entry = {"pair": i, "points1": int(len(p1)), "points2": int(len(p2)), "runtime_s": seconds,
                  "iterations": int(est.iterations), "loss": float(est.loss), "epe3d": m["epe3d"]}
+        if est.field_flow is not None:  # the rigid refinement ran: the field's own flow too
+            field_parts.append(evaluate_flow(est.field_flow, sub, protocol))
+            entry.update(rigid=est.rigid, field_epe3d=field_parts[-1]["epe3d"])
         if baselines:
             preds = {"zero": lambda: zero_flow(p1, p2), "nn": lambda: nn_flow(p1, p2)}
             if motion is not None:  # the same inputs NSFP had: the known ego motion applied first
@@ -244,6 +249,8 @@ def evaluate_sequence(seq, config=None, *, points: int | None = None, baselines:
     result.update({"method": "nsfp", "protocol": protocol, "data": str(seq.path), "format": seq.format,
                    "pairs": len(labelled), "points": points, "ground": ground, "ego_motion": used_ego,
                    "config": _config_dict(config), "per_pair": per_pair, "notes": []})
+    if field_parts and len(field_parts) == len(nsfp_parts):
+        result["field_only"] = _combine(field_parts)  # NSFP before the rigid refinement
     if baselines:
         result["baselines"] = {}
         for name, parts in base_parts.items():
