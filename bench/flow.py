@@ -160,7 +160,8 @@ def part_accumulate(args) -> dict:
 
     from omnifield.datasets.synth_lidar import true_positions
     from omnifield.scenes.configs import apply_overrides
-    from omnifield.scenes.nsfp.trajectory import TrajectoryConfig, accumulate, accumulate_ego_only
+    from omnifield.scenes.nsfp.accumulate import accumulate, accumulate_ego_only
+    from omnifield.scenes.nsfp.trajectory import TrajectoryConfig
 
     seq = synth_sequence(args)
     config = TrajectoryConfig()

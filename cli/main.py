@@ -294,8 +294,8 @@ def cmd_flow_eval(args) -> int:
 def cmd_flow_accumulate(args) -> int:
     from omnifield.datasets.pointclouds import load_point_clouds
     from omnifield.scenes.configs import apply_overrides
-    from omnifield.scenes.nsfp.trajectory import (TrajectoryConfig, accumulate, accumulate_ego_only,
-                                                  write_accumulated_ply)
+    from omnifield.scenes.nsfp.accumulate import accumulate, accumulate_ego_only, write_accumulated_ply
+    from omnifield.scenes.nsfp.trajectory import TrajectoryConfig
 
     _set_threads(args)
     out = Path(args.out)

@@ -205,7 +205,7 @@ def test_accumulate_refines_moving_objects_and_leaves_the_rest_to_the_flow(fitte
     import dataclasses
 
     from omnifield.datasets.synth_lidar import true_positions
-    from omnifield.scenes.nsfp.trajectory import accumulate
+    from omnifield.scenes.nsfp.accumulate import accumulate
 
     seq, config, field = fitted_small_sequence
     cloud = accumulate(seq, config, ref=2, field=field)
@@ -245,7 +245,7 @@ def street_pair(object_motion, ego, flow_fraction: float, seed: int = 0):
 
 @pytest.mark.parametrize("given_ego", [True, False])
 def test_pair_refinement_recovers_a_fast_car_from_a_poor_flow_and_leaves_the_street(given_ego):
-    from omnifield.scenes.nsfp.rigid import PAIR_RIGID, refine_pair_flow
+    from omnifield.scenes.nsfp.rigid_pair import PAIR_RIGID, refine_pair_flow
     from dataclasses import replace
 
     ego = transform(np.deg2rad(1.0), [0.8, 0.05, 0.0])          # the sensor drives ~8 m/s
@@ -261,7 +261,7 @@ def test_pair_refinement_recovers_a_fast_car_from_a_poor_flow_and_leaves_the_str
 
 
 def test_dominant_motion_ignores_a_moving_minority():
-    from omnifield.scenes.nsfp.rigid import dominant_motion
+    from omnifield.scenes.nsfp.rigid_pair import dominant_motion
 
     rng = np.random.default_rng(1)
     pts = rng.uniform(-10, 10, (500, 3))
@@ -273,7 +273,7 @@ def test_dominant_motion_ignores_a_moving_minority():
 
 
 def test_pair_refinement_checks_its_inputs():
-    from omnifield.scenes.nsfp.rigid import refine_pair_flow
+    from omnifield.scenes.nsfp.rigid_pair import refine_pair_flow
 
     with pytest.raises(ValueError, match="refine_pair_flow"):
         refine_pair_flow(np.zeros((5, 3)), np.zeros((4, 3)), np.zeros((5, 3)))

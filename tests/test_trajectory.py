@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from omnifield.scenes.nsfp.trajectory import (AccumulatedCloud, ContinuousFlowField, TrajectoryConfig, accumulate,
-                                              accumulate_ego_only, integrate, write_accumulated_ply)
+from omnifield.scenes.nsfp.accumulate import AccumulatedCloud, accumulate, accumulate_ego_only, write_accumulated_ply
+from omnifield.scenes.nsfp.trajectory import ContinuousFlowField, TrajectoryConfig, integrate
 
 TINY = TrajectoryConfig(layers=4, hidden=32, max_iterations=120, patience=40, points_per_frame=384, lr=5e-3)
 

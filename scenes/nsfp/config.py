@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from omnifield.scenes.nsfp.rigid import PAIR_RIGID, RigidConfig
+from omnifield.scenes.nsfp.rigid import RigidConfig
+from omnifield.scenes.nsfp.rigid_pair import PAIR_RIGID
 
 LOSSES = ("chamfer", "dt")
 INITS = ("reinit", "warm")
@@ -65,10 +66,10 @@ class NSFPConfig:
     """Stop after this many seconds of optimisation and keep the best iterate (None: no limit). Ours:
     a CPU wall-clock cap (the issue's 30 s per 8,192-point pair); not in the paper."""
     rigid: RigidConfig = PAIR_RIGID
-    """Rigid refinement of moving objects after the fit (:func:`~omnifield.scenes.nsfp.rigid.refine_pair_flow`:
+    """Rigid refinement of moving objects after the fit (:func:`~omnifield.scenes.nsfp.rigid_pair.refine_pair_flow`:
     rows whose flow beyond the ego motion exceeds ``rigid.motion_threshold`` clustered, each cluster
     registered onto the second sweep by ICP, kept when it fits better). Ours; off by default
-    (``rigid.enabled=true``): see :data:`~omnifield.scenes.nsfp.rigid.PAIR_RIGID`."""
+    (``rigid.enabled=true``): see :data:`~omnifield.scenes.nsfp.rigid_pair.PAIR_RIGID`."""
     init: str = "reinit"
     """``reinit``: fresh MLPs per pair (paper); ``warm``: start from ``init_state`` (the released code
     builds the network once and keeps optimising it from pair to pair)."""

@@ -223,7 +223,7 @@ def estimate_flow(points1, points2, config: NSFPConfig = NSFPConfig(), *, init_s
     flow_np = field_flow = best_flow.cpu().numpy().astype(np.float32)
     rigid = None
     if config.rigid.enabled:
-        from omnifield.scenes.nsfp.rigid import refine_pair_flow
+        from omnifield.scenes.nsfp.rigid_pair import refine_pair_flow
 
         refined = refine_pair_flow(given.cpu().numpy(), flow_np, p2.cpu().numpy(), config.rigid,
                                    ego_flow=None if ego is None else ego.cpu().numpy())
