@@ -27,9 +27,7 @@ and points (a smoke run of a minute or two). Results of the parts that ran are m
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,17 +36,13 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import load, save_part, shared_data_root  # noqa: E402  (sibling benchmark module)
+
 PARTS = ("rigid", "lidar", "av2", "accumulate")
 METRICS = ("epe3d", "acc3d_strict", "acc3d_relax", "outliers", "angle_error")
 
 
-def shared_data_root() -> Path | None:
-    """``$OMNIFIELD_SHARED_DATA`` or ``../shared/data`` next to the repository, when present."""
-    env = os.environ.get("OMNIFIELD_SHARED_DATA")
-    for c in ([Path(env)] if env else []) + [REPO.parent / "shared" / "data"]:
-        if c.is_dir():
-            return c
-    return None
 
 
 def nsfp_config(args, **extra):
@@ -265,15 +259,7 @@ def main(argv=None) -> dict:
     if args.work is None:
         tmp = tempfile.TemporaryDirectory(prefix="omnifield-flow-bench-")
         args.work = Path(tmp.name)
-    results = {"parts": {}}
-    if args.out.is_file():
-        try:
-            results = json.loads(args.out.read_text())
-        except json.JSONDecodeError:
-            print(f"warning: {args.out} is not valid JSON; starting a new results file")
-    results.setdefault("parts", {})
-    results["machine"] = {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-                          "platform": platform.platform(), "processor": platform.processor()}
+    results = load(args.out)
     runners = {"rigid": part_rigid, "lidar": part_lidar, "av2": part_av2, "accumulate": part_accumulate}
     try:
         for name in PARTS:
@@ -284,8 +270,7 @@ def main(argv=None) -> dict:
                 res["part_seconds"] = time.perf_counter() - t0
                 res["quick"] = args.quick
                 res["threads"] = torch.get_num_threads()
-                results["parts"][name] = res
-                _write_json(args.out, results)  # after every part, so a long run keeps what it measured
+                results = save_part(args.out, name, res)  # after every part, so a long run keeps what it measured
     finally:
         if tmp is not None:
             tmp.cleanup()
@@ -293,11 +278,6 @@ def main(argv=None) -> dict:
     print(f"results: {args.out}")
     return results
 
-
-def _write_json(path: Path, obj) -> None:
-    from omnifield.scenes.runs import atomic_write_json
-
-    atomic_write_json(path, obj)
 
 
 if __name__ == "__main__":
