@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from omnifield.cuda import ops
 from omnifield.errors import ConfigError
 from omnifield.fields import MLP, HashGridConfig, HashGridEncoding, SHEncoding, trunc_exp
 from omnifield.renderers.occupancy import OccupancyGrid
@@ -18,6 +17,8 @@ from omnifield.renderers.volume import composite
 from omnifield.scenes._common import WarmupMultiStep, adam, default_profile, psnr, scene_extent
 from omnifield.scenes.base import FieldOutputs, RayBatch, RenderOptions, Scene
 from omnifield.scenes.instant_ngp.config import InstantNGPConfig
+from omnifield.scenes.marching import (adapted_rays, crop_box_tensor, crop_density, keep_unterminated, march_grid,
+                                       render_range, update_grid)
 
 _PROFILES = {
     "paper": dict(log2_hashmap_size=19, max_res_per_extent=2048, grid_resolution=128, steps_per_diag=1024, target=2**18,
@@ -129,9 +130,7 @@ class InstantNGP(Scene):
         """The occupancy-grid samples :meth:`render_rays` marches (constant or cone steps, near/far of
         the config), without density-based termination. Records the sample count for the adaptive
         batch size (:meth:`on_step_end`). Not differentiable."""
-        c = self.config
-        samples = self.grid.sample(rays, c.near, c.far, c.render_step_size, None, stratified=stratified,
-                                   cone_angle=c.cone_angle or 0.0)
+        samples = march_grid(self.grid, rays, self.config, stratified)
         self._last_samples = len(samples)
         return samples
 
@@ -139,24 +138,18 @@ class InstantNGP(Scene):
     def render_rays(self, rays: RayBundle, background: Tensor, options: RenderOptions | None = None) -> RenderOutput:
         """Occupancy-grid marching with early termination, then compositing ``[R, k]``."""
         c = self.config
-        near = c.near if options is None or options.near is None else options.near
-        far = c.far if options is None or options.far is None else options.far
         o, d = rays.origins, rays.directions
-
-        crop = None if options is None or options.crop_box is None else \
-            torch.tensor(options.crop_box, dtype=o.dtype, device=o.device)
+        crop = crop_box_tensor(options, o)
 
         def sigma_fn(ts: Tensor, te: Tensor, ri: Tensor) -> Tensor:
             x = o[ri] + d[ri] * (0.5 * (ts + te))[:, None]
-            sigma = self.density(x)
-            return sigma if crop is None else sigma * ((x >= crop[0]) & (x <= crop[1])).all(-1).to(sigma.dtype)
+            return crop_density(self.density(x), x, crop)
 
         single_pass = not torch.is_grad_enabled()
-        step = c.render_step_size * (1.0 if options is None else float(options.step_scale))
-        samples = self.grid.sample(rays, near, far, step, None if single_pass else sigma_fn,
-                                   c.alpha_thre, c.early_stop_eps, stratified=self.training, cone_angle=c.cone_angle or 0.0)
+        samples = march_grid(self.grid, rays, c, self.training, render_range(c, options),
+                             None if single_pass else sigma_fn)
         if single_pass:  # inference: one field evaluation, then drop what early termination would
-            samples, sigma, geo = self._terminate_early(samples, rays, None if options is None else options.crop_box)
+            samples, sigma, geo = self._terminate_early(samples, rays, crop)
         self._last_samples = len(samples)
         if len(samples) == 0:
             empty = torch.zeros(0, device=o.device)
@@ -164,9 +157,7 @@ class InstantNGP(Scene):
         x = samples.positions(rays)
         if not single_pass:
             sigma, geo = self._geometry(x)
-        if options is not None and options.crop_box is not None:
-            box = torch.tensor(options.crop_box, dtype=x.dtype, device=x.device)
-            sigma = sigma * ((x >= box[0]) & (x <= box[1])).all(-1).to(sigma.dtype)
+        sigma = crop_density(sigma, x, crop)
         sh = self.dir_encoding(d)  # per ray, then gathered per sample: 10-30x fewer SH evaluations
         rgb = self.color_mlp(torch.cat([sh[samples.ray_indices], geo], dim=-1))
         # Inference: the fused compositing applies early termination itself (a no-op on samples that
@@ -174,24 +165,19 @@ class InstantNGP(Scene):
         return composite(samples, rgb, sigma, len(rays), background,
                          early_stop_eps=c.early_stop_eps if single_pass else 0.0)
 
-    def _terminate_early(self, samples: PackedSamples, rays: RayBundle, crop_box=None) -> tuple[PackedSamples, Tensor, Tensor]:
+    def _terminate_early(self, samples: PackedSamples, rays: RayBundle,
+                         crop: Tensor | None = None) -> tuple[PackedSamples, Tensor, Tensor]:
         """Without grad: evaluate the geometry of every marched sample once and keep the samples the
         sampler's early termination (``alpha_thre``, ``early_stop_eps``) would keep, with their density
-        and features, so inference skips the sampler's separate density pass (about 40 % less work)."""
+        (zero outside the ``[2, 3]`` ``crop`` box) and features, so inference skips the sampler's separate
+        density pass (about 40 % less work)."""
         c = self.config
         if len(samples) == 0:
             return samples, samples.t_starts, samples.t_starts.reshape(0, c.geo_feat_dim)
         x = samples.positions(rays)
         sigma, geo = self._geometry(x)
-        if crop_box is not None:  # what the crop removes must not stop a ray
-            box = torch.tensor(crop_box, dtype=x.dtype, device=x.device)
-            sigma = sigma * ((x >= box[0]) & (x <= box[1])).all(-1).to(sigma.dtype)
-        _, trans, alphas = ops.render_weights(sigma, samples.t_starts, samples.t_ends, samples.ray_indices,
-                                              samples.packed_info)
-        keep = (alphas >= c.alpha_thre) & (trans >= c.early_stop_eps)
-        ri = samples.ray_indices[keep]
-        kept = PackedSamples(ri, samples.t_starts[keep], samples.t_ends[keep],
-                             ops.packed_info_from_ray_indices(ri, len(rays)))
+        sigma = crop_density(sigma, x, crop)  # what the crop removes must not stop a ray
+        kept, keep = keep_unterminated(samples, sigma, len(rays), c.alpha_thre, c.early_stop_eps)
         return kept, sigma[keep], geo[keep]
 
     # -- training ------------------------------------------------------------------------------
@@ -211,16 +197,12 @@ class InstantNGP(Scene):
 
     def on_step_begin(self, step: int) -> None:
         """Occupancy-grid update every ``grid_update_every`` steps (Instant-NGP)."""
-        c = self.config
-        if self.training and step % c.grid_update_every == 0:
-            self.grid.update(step, self.density, c.render_step_size, c.grid_threshold, c.grid_ema_decay,
-                             c.grid_warmup_steps, c.grid_update_fraction, cone_angle=c.cone_angle or 0.0)
+        if self.training:
+            update_grid(self.grid, step, self.density, self.config)
 
     def on_step_end(self, step: int) -> None:
         """Adapt the ray count so the next batch holds about ``target_samples_per_batch`` samples."""
-        if self._last_samples > 0:
-            n = self._rays_per_batch * self.config.target_samples_per_batch / self._last_samples
-            self._rays_per_batch = int(min(max(n, 64), self.config.max_rays_per_batch))
+        self._rays_per_batch = adapted_rays(self._rays_per_batch, self._last_samples, self.config)
 
     def rays_per_batch(self) -> int:
         return self._rays_per_batch

@@ -18,6 +18,8 @@ from omnifield.renderers.types import PackedSamples, RayBundle, RenderOutput
 from omnifield.renderers.volume import composite
 from omnifield.scenes._common import ExponentialDecay, adam, default_profile, psnr, scene_extent
 from omnifield.scenes.base import FieldOutputs, RayBatch, RenderOptions, Scene
+from omnifield.scenes.marching import (adapted_rays, crop_box_tensor, crop_density, keep_unterminated, march_grid,
+                                       render_range, update_grid)
 from omnifield.scenes.plenoxels.config import PlenoxelsConfig
 
 _PROFILES = {
@@ -186,8 +188,7 @@ class Plenoxels(Scene):
     # -- rendering -----------------------------------------------------------------------------
     def march(self, rays: RayBundle, stratified: bool = False) -> PackedSamples:
         """Occupancy-grid marching with the constant ``render_step_size`` (no early termination). Not differentiable."""
-        c = self.config
-        return self.grid.sample(rays, c.near, c.far, c.render_step_size, None, stratified=stratified)
+        return march_grid(self.grid, rays, self.config, stratified)
 
     def render_rays(self, rays: RayBundle, background: Tensor, options: RenderOptions | None = None) -> RenderOutput:
         """Occupancy-grid marching with early termination, then compositing ``[R, k]``."""
@@ -198,32 +199,20 @@ class Plenoxels(Scene):
         """:meth:`render_rays`, and with ``with_tv`` the ``[C]`` total variation of ``tv_voxels`` random cells,
         gathered together with the samples (one sparse gradient)."""
         c = self.config
-        near = c.near if options is None or options.near is None else options.near
-        far = c.far if options is None or options.far is None else options.far
         o, d = rays.origins, rays.directions
-        crop = None if options is None or options.crop_box is None else \
-            torch.tensor(options.crop_box, dtype=o.dtype, device=o.device)
-
-        def cropped(sigma: Tensor, x: Tensor) -> Tensor:
-            return sigma if crop is None else sigma * ((x >= crop[0]) & (x <= crop[1])).all(-1).to(sigma.dtype)
+        crop = crop_box_tensor(options, o)
 
         def sigma_fn(ts: Tensor, te: Tensor, ri: Tensor) -> Tensor:
             x = o[ri] + d[ri] * (0.5 * (ts + te))[:, None]
-            return cropped(self.density(x), x)
+            return crop_density(self.density(x), x, crop)
 
         single_pass = not torch.is_grad_enabled()
-        step = c.render_step_size * (1.0 if options is None else float(options.step_scale))
-        samples = self.grid.sample(rays, near, far, step, None if single_pass else sigma_fn, c.alpha_thre,
-                                   c.early_stop_eps, stratified=self.training)
+        samples = march_grid(self.grid, rays, c, self.training, render_range(c, options),
+                             None if single_pass else sigma_fn)
         if single_pass and len(samples):  # inference: density of every sample, drop what early termination would
             x = samples.positions(rays)
-            sigma = cropped(self.density(x), x)
-            _, trans, alphas = ops.render_weights(sigma, samples.t_starts, samples.t_ends, samples.ray_indices,
-                                                  samples.packed_info)
-            keep = (alphas >= c.alpha_thre) & (trans >= c.early_stop_eps)
-            ri = samples.ray_indices[keep]
-            samples = PackedSamples(ri, samples.t_starts[keep], samples.t_ends[keep],
-                                    ops.packed_info_from_ray_indices(ri, len(rays)))
+            sigma = crop_density(self.density(x), x, crop)
+            samples, _ = keep_unterminated(samples, sigma, len(rays), c.alpha_thre, c.early_stop_eps)
         self._last_samples = len(samples)
         x = samples.positions(rays)
         u, inside = self._unit(x)
@@ -232,7 +221,7 @@ class Plenoxels(Scene):
             v, tv = self.voxels.interpolate_with_tv(u, c.tv_voxels, self._tv_generator)
         else:
             v = self.voxels(u)
-        sigma = cropped(self._sigma(v[:, 0]) * inside.to(v.dtype), x)
+        sigma = crop_density(self._sigma(v[:, 0]) * inside.to(v.dtype), x, crop)
         sh = ops.sh_encode(d, c.sh_degree)  # per ray, gathered per sample
         rgb = sh_color(v[:, 1:], sh[samples.ray_indices])
         out = composite(samples, rgb, sigma, len(rays), background,
@@ -264,17 +253,13 @@ class Plenoxels(Scene):
 
     def on_step_begin(self, step: int) -> None:
         """Occupancy-grid update from the grid's density every ``grid_update_every`` steps (Instant-NGP)."""
-        c = self.config
-        if self.training and step % c.grid_update_every == 0:
-            self.grid.update(step, self.density, c.render_step_size, c.grid_threshold, c.grid_ema_decay,
-                             c.grid_warmup_steps, c.grid_update_fraction)
+        if self.training:
+            update_grid(self.grid, step, self.density, self.config)
 
     def on_step_end(self, step: int) -> None:
         """Adapt the ray count to ``target_samples_per_batch``; upsample the grid when its time has come."""
         c = self.config
-        if self._last_samples > 0:
-            n = self._rays_per_batch * c.target_samples_per_batch / self._last_samples
-            self._rays_per_batch = int(min(max(n, 64), c.max_rays_per_batch))
+        self._rays_per_batch = adapted_rays(self._rays_per_batch, self._last_samples, c)
         horizon = self._schedule.max_steps if self._schedule is not None else None
         if horizon is None or not self.training:
             return

@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from omnifield.cuda import ops
 from omnifield.errors import ConfigError
 from omnifield.fields import MLP, SHEncoding, trunc_exp
 from omnifield.fields.tensor_grids import TensorVM, vm_resolution, voxel_schedule
@@ -19,6 +18,8 @@ from omnifield.renderers.types import PackedSamples, RayBundle, RenderOutput
 from omnifield.renderers.volume import composite
 from omnifield.scenes._common import ExponentialDecay, adam, default_profile, psnr, scene_extent
 from omnifield.scenes.base import FieldOutputs, RayBatch, RenderOptions, Scene
+from omnifield.scenes.marching import (adapted_rays, crop_box_tensor, crop_density, keep_unterminated, march_grid,
+                                       render_range, update_grid)
 from omnifield.scenes.tensorf.config import TensoRFConfig
 
 _PAPER_UPSAMPLE = (2000.0, 3000.0, 4000.0, 5500.0, 7000.0)
@@ -175,43 +176,30 @@ class TensoRF(Scene):
     # -- rendering -------------------------------------------------------------------------------
     def march(self, rays: RayBundle, stratified: bool = False) -> PackedSamples:
         """The occupancy-grid samples of ``rays`` (constant or cone steps, no density-based termination)."""
-        c = self.config
-        return self.grid.sample(rays, c.near, c.far, c.render_step_size, None, stratified=stratified,
-                                cone_angle=c.cone_angle or 0.0)
+        return march_grid(self.grid, rays, self.config, stratified)
 
     @torch.no_grad()
     def _terminated(self, rays: RayBundle, near, far, step: float, crop: Tensor | None):
         """Grid marching, then the early termination of ``alpha_thre`` / ``early_stop_eps`` from one
         density pass without grad: ``(kept samples, their positions [S, 3], their density [S])``."""
         c = self.config
-        samples = self.grid.sample(rays, near, far, step, None, stratified=self.training, cone_angle=c.cone_angle or 0.0)
+        samples = march_grid(self.grid, rays, c, self.training, (near, far, step))
         x = samples.positions(rays)
         if len(samples) == 0:
             return samples, x, x[:, 0]
         sigma = self._masked_density(x, crop)
-        _, trans, alphas = ops.render_weights(sigma, samples.t_starts, samples.t_ends, samples.ray_indices,
-                                              samples.packed_info)
-        keep = (alphas >= c.alpha_thre) & (trans >= c.early_stop_eps)
-        ri = samples.ray_indices[keep]
-        kept = PackedSamples(ri, samples.t_starts[keep], samples.t_ends[keep],
-                             ops.packed_info_from_ray_indices(ri, len(rays)))
+        kept, keep = keep_unterminated(samples, sigma, len(rays), c.alpha_thre, c.early_stop_eps)
         return kept, x[keep], sigma[keep]
 
     def _masked_density(self, x: Tensor, crop: Tensor | None) -> Tensor:
-        sigma = self.density(x)
-        return sigma if crop is None else sigma * ((x >= crop[0]) & (x <= crop[1])).all(-1).to(sigma.dtype)
+        return crop_density(self.density(x), x, crop)
 
     def render_rays(self, rays: RayBundle, background: Tensor, options: RenderOptions | None = None) -> RenderOutput:
         """Occupancy-grid marching with early termination (one density pass without grad), then the
         density (with grad when training) and the appearance of the kept samples, composited ``[R, k]``."""
-        c = self.config
         o = rays.origins
-        near = c.near if options is None or options.near is None else options.near
-        far = c.far if options is None or options.far is None else options.far
-        crop = None if options is None or options.crop_box is None else \
-            torch.tensor(options.crop_box, dtype=o.dtype, device=o.device)
-        step = c.render_step_size * (1.0 if options is None else float(options.step_scale))
-        samples, x, sigma = self._terminated(rays, near, far, step, crop)
+        crop = crop_box_tensor(options, o)
+        samples, x, sigma = self._terminated(rays, *render_range(self.config, options), crop)
         self._last_samples = len(samples)
         if len(samples) == 0:
             empty = torch.zeros(0, device=o.device)
@@ -244,10 +232,8 @@ class TensoRF(Scene):
 
     def on_step_begin(self, step: int) -> None:
         """Occupancy-grid update every ``grid_update_every`` steps from the scene's own density (Instant-NGP)."""
-        c = self.config
-        if self.training and step % c.grid_update_every == 0:
-            self.grid.update(step, self.density, c.render_step_size, c.grid_threshold, c.grid_ema_decay,
-                             c.grid_warmup_steps, c.grid_update_fraction, cone_angle=c.cone_angle or 0.0)
+        if self.training:
+            update_grid(self.grid, step, self.density, self.config)
 
     def on_step_end(self, step: int) -> None:
         """Upsample the VM grids when ``step`` reaches the next entry of ``upsample_at``; adapt the ray
@@ -256,9 +242,7 @@ class TensoRF(Scene):
             res = self.resolution_for(self.upsample_level(step))
             if math.prod(res) > math.prod(self.density_vm.resolution):
                 self.upsample(res)
-        if self._last_samples > 0:
-            n = self._rays_per_batch * self.config.target_samples_per_batch / self._last_samples
-            self._rays_per_batch = int(min(max(n, 64), self.config.max_rays_per_batch))
+        self._rays_per_batch = adapted_rays(self._rays_per_batch, self._last_samples, self.config)
 
     def rays_per_batch(self) -> int:
         return self._rays_per_batch

@@ -1,0 +1,103 @@
+"""Occupancy-grid marching shared by the grid-marched radiance fields (``instant-ngp``, ``tensorf``,
+``plenoxels``): the render range, the crop box, marching, the grid update, early termination in one
+density pass, and the adaptive ray count (Instant-NGP, Mueller et al. 2022; nerfacc's estimator).
+
+Functions only: the scene keeps its grid, its ray count and its config, and passes them in. ``config`` is
+the scene's resolved config, read by its flat field names (``near``, ``far``, ``render_step_size``,
+``alpha_thre``, ``early_stop_eps``, ``cone_angle`` (0 where a scene has none), ``grid_*``,
+``target_samples_per_batch``, ``max_rays_per_batch``).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from omnifield.cuda import ops
+from omnifield.renderers.occupancy import OccupancyGrid
+from omnifield.renderers.types import PackedSamples, RayBundle
+from omnifield.scenes.base import RenderOptions
+
+MIN_RAYS = 64
+"""The fewest rays :func:`adapted_rays` asks for."""
+
+
+def _cone_angle(config) -> float:
+    return getattr(config, "cone_angle", None) or 0.0
+
+
+def render_range(config, options: RenderOptions | None) -> tuple[float, float, float]:
+    """``(near, far, step)`` of a render: the options' ``near`` / ``far`` where set, else the config's;
+    the config's ``render_step_size`` times the options' ``step_scale``."""
+    near = config.near if options is None or options.near is None else options.near
+    far = config.far if options is None or options.far is None else options.far
+    step = config.render_step_size * (1.0 if options is None else float(options.step_scale))
+    return near, far, step
+
+
+def crop_box_tensor(options: RenderOptions | None, like: Tensor) -> Tensor | None:
+    """The options' ``crop_box`` as a ``[2, 3]`` (min, max) tensor of ``like``'s dtype and device, or None."""
+    if options is None or options.crop_box is None:
+        return None
+    return torch.tensor(options.crop_box, dtype=like.dtype, device=like.device)
+
+
+def crop_density(sigma: Tensor, x: Tensor, crop: Tensor | None) -> Tensor:
+    """``sigma [S]`` at ``x [S, 3]``, zero outside the ``crop [2, 3]`` box (unchanged when ``crop`` is None).
+    Differentiable in ``sigma``."""
+    return sigma if crop is None else sigma * ((x >= crop[0]) & (x <= crop[1])).all(-1).to(sigma.dtype)
+
+
+def march_grid(
+    grid: OccupancyGrid,
+    rays: RayBundle,
+    config,
+    stratified: bool = False,
+    span: tuple[float, float, float] | None = None,
+    sigma_fn: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None,
+) -> PackedSamples:
+    """The occupancy-grid samples of ``R`` rays: constant steps, or cone steps with ``config.cone_angle``.
+
+    ``span`` is ``(near, far, step)`` (:func:`render_range`; default the config's ``near``, ``far`` and
+    ``render_step_size``). With ``sigma_fn(t_starts [S], t_ends [S], ray_indices [S]) -> [S]`` the sampler
+    drops what early termination would (``config.alpha_thre``, ``config.early_stop_eps``). ``stratified``
+    jitters the first sample of each ray. Not differentiable.
+    """
+    near, far, step = (config.near, config.far, config.render_step_size) if span is None else span
+    return grid.sample(rays, near, far, step, sigma_fn, config.alpha_thre, config.early_stop_eps,
+                       stratified=stratified, cone_angle=_cone_angle(config))
+
+
+def update_grid(grid: OccupancyGrid, step: int, density_fn: Callable[[Tensor], Tensor], config) -> None:
+    """Instant-NGP's occupancy-grid update from ``density_fn(x [N, 3]) -> [N]`` on the steps that are
+    multiples of ``config.grid_update_every`` (threshold, EMA decay, warm-up, fraction of cells and cone
+    angle of the config); other steps do nothing."""
+    if step % config.grid_update_every == 0:
+        grid.update(step, density_fn, config.render_step_size, config.grid_threshold, config.grid_ema_decay,
+                    config.grid_warmup_steps, config.grid_update_fraction, cone_angle=_cone_angle(config))
+
+
+def adapted_rays(current: int, last_samples: int, config) -> int:
+    """The ray count for the next batch: ``current`` scaled so the batch holds about
+    ``config.target_samples_per_batch`` samples (the last one held ``last_samples``), clamped to
+    ``[64, config.max_rays_per_batch]``; ``current`` when the last batch had no samples."""
+    if last_samples <= 0:
+        return current
+    n = current * config.target_samples_per_batch / last_samples
+    return int(min(max(n, MIN_RAYS), config.max_rays_per_batch))
+
+
+def keep_unterminated(samples: PackedSamples, sigma: Tensor, n_rays: int, alpha_thre: float,
+                      early_stop_eps: float) -> tuple[PackedSamples, Tensor]:
+    """Early termination from densities already evaluated: of the ``S`` samples of ``n_rays`` rays with
+    density ``sigma [S]``, keep those with ``alpha >= alpha_thre`` and transmittance ``>= early_stop_eps``
+    (what ``OccupancyGrid.sample`` keeps with a ``sigma_fn``). Returns the kept samples, repacked, and the
+    ``keep [S]`` bool mask (to select the caller's per-sample tensors). Not differentiable."""
+    _, trans, alphas = ops.render_weights(sigma, samples.t_starts, samples.t_ends, samples.ray_indices,
+                                          samples.packed_info)
+    keep = (alphas >= alpha_thre) & (trans >= early_stop_eps)
+    ri = samples.ray_indices[keep]
+    kept = PackedSamples(ri, samples.t_starts[keep], samples.t_ends[keep], ops.packed_info_from_ray_indices(ri, n_rays))
+    return kept, keep
