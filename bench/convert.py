@@ -5,9 +5,11 @@ Protocol: NeRF-synthetic lego (``../shared/data/lego``), ``--downscale 4``, ever
 
 Parts (select with ``--only teachers,matrix,speedup,al``):
 
-- ``teachers``: each method of ``--methods`` trained from the images for ``--teacher-minutes``
-  (the nerf teacher marches an occupancy grid and uses PVD's shared heads, ``--nerf-teacher-set``;
-  a paper NeRF reaches ~14 dB in 15 minutes on 2 cores, too weak to teach); held-out PSNR.
+- ``teachers``: each method of ``--methods`` trained from the images for ``--teacher-minutes``;
+  held-out PSNR. The nerf teacher is, by default (``--nerf-teacher pvd``), the instant-ngp teacher
+  converted into a nerf (PVD's shared heads) for ``--teacher-minutes``: a paper NeRF reaches ~14 dB in
+  15 minutes on 2 cores, too weak to teach, and one trained from images with an occupancy grid
+  (``--nerf-teacher images``, ``--nerf-teacher-set``) fills its grid and takes minutes per view.
 - ``matrix``: every teacher x student pair of ``--pairs`` (default: all of ``--methods`` x
   ``--methods``) converted with ``omnifield.distill.convert`` for ``--convert-minutes``: held-out PSNR
   of the student against the ground truth, student-vs-teacher PSNR on the teacher's renders of the
@@ -29,8 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import sys
 import time
@@ -42,7 +42,8 @@ REPO = Path(__file__).resolve().parent.parent
 PARTS = ("teachers", "matrix", "speedup", "al")
 METHODS = ("nerf", "instant-ngp", "tensorf", "plenoxels", "3dgs")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cpu import shared_data_root, train_and_evaluate  # noqa: E402  (sibling benchmark script)
+from _results import load, save_part, shared_data_root  # noqa: E402  (sibling benchmark modules)
+from cpu import train_and_evaluate  # noqa: E402
 
 
 def lego_root() -> Path | None:
@@ -88,17 +89,26 @@ def part_teachers(args) -> dict:
         return {"skipped": "lego data absent (../shared/data/lego)"}
     out = {}
     for method in args.methods:
+        if method == "nerf" and args.nerf_teacher == "pvd":
+            if not (teacher_run(args, "instant-ngp") / "config.json").is_file():
+                out[method] = {"skipped": "the nerf teacher is converted from the instant-ngp teacher: train it first"}
+                continue
+            r = convert_once("instant-ngp", "nerf", args, minutes=args.teacher_minutes, out=teacher_run(args, "nerf"))
+            r.update(method="nerf", source="instant-ngp teacher converted by PVD", train_seconds=r["convert_seconds"])
+            out[method] = r
+            continue
         overrides = tuple(args.nerf_teacher_set) if method == "nerf" else ()
         r = train_and_evaluate(method, root, teacher_run(args, method), downscale=4, minutes=args.teacher_minutes,
                                max_steps=None, device=args.device, progress=not args.quiet,
                                max_images=args.eval_images, overrides=overrides)
         r["overrides"] = list(overrides)
+        r["threads"] = torch.get_num_threads()
         out[method] = r
     return {"downscale": 4, "holdout_every": 8, "runs": out}
 
 
 def convert_once(teacher: str, student: str, args, *, minutes: float, tag: str = "", active_learning: bool = True,
-                 trainer_overrides: dict | None = None) -> dict:
+                 trainer_overrides: dict | None = None, out: Path | None = None) -> dict:
     """Convert the teacher run into ``student``; returns the scores, the route and the wall time."""
     from omnifield.distill.convert import ConvertOptions, convert, plan_conversion
     from omnifield.errors import ConversionRefused
@@ -114,7 +124,7 @@ def convert_once(teacher: str, student: str, args, *, minutes: float, tag: str =
         plan = plan_conversion(t_run.scene, student)
     except ConversionRefused as e:
         return {"refused": str(e)}
-    out = args.work / f"convert-{teacher}-to-{student}{tag}"
+    out = out or args.work / f"convert-{teacher}-to-{student}{tag}"
     if out.exists():
         shutil.rmtree(out)
     options = ConvertOptions(max_minutes=minutes, active_learning=active_learning, progress=not args.quiet,
@@ -123,7 +133,8 @@ def convert_once(teacher: str, student: str, args, *, minutes: float, tag: str =
     convert(t_run, student, out=out, options=options)
     wall = time.perf_counter() - t0
     s_run = runs.load_run(out, device=dev)
-    row = {"route": plan.kind, "convert_seconds": wall, "steps": s_run.step, "run": str(out)}
+    row = {"route": plan.kind, "convert_seconds": wall, "steps": s_run.step, "run": str(out),
+           "threads": torch.get_num_threads()}
     row.update(score_pair(s_run, t_run, args))
     return row
 
@@ -219,18 +230,23 @@ def print_tables(results: dict) -> None:
 
     if "teachers" in parts and "runs" in parts["teachers"]:
         t = Table(title="teachers (lego, downscale 4, trained from images)")
-        for col in ("method", "train s", "steps", "held-out PSNR"):
-            t.add_column(col, justify="left" if col == "method" else "right")
+        for col in ("method", "threads", "train s", "steps", "held-out PSNR", "note"):
+            t.add_column(col, justify="left" if col in ("method", "note") else "right")
         for m, r in parts["teachers"]["runs"].items():
-            t.add_row(m, f(r["train_seconds"], ".0f"), str(r["steps"]), f(r["psnr"]))
+            if "psnr" not in r:
+                t.add_row(m, "-", "-", "-", "-", r.get("skipped", ""))
+                continue
+            t.add_row(m, str(r.get("threads", "-")), f(r["train_seconds"], ".0f"), str(r["steps"]), f(r["psnr"]),
+                      r.get("source", ""))
         console.print(t)
     if "matrix" in parts and "pairs" in parts["matrix"]:
         t = Table(title=f"conversions ({parts['matrix']['convert_minutes']} min each)")
-        for col in ("teacher -> student", "route", "seconds", "held-out PSNR", "vs teacher PSNR", "note"):
+        for col in ("teacher -> student", "route", "threads", "seconds", "held-out PSNR", "vs teacher PSNR", "note"):
             t.add_column(col, justify="left" if col in ("teacher -> student", "route", "note") else "right")
         for pair, r in parts["matrix"]["pairs"].items():
             note = r.get("refused") or r.get("skipped") or ""
-            t.add_row(pair, r.get("route", "-"), f(r.get("convert_seconds"), ".0f"), f(r.get("psnr")),
+            t.add_row(pair, r.get("route", "-"), str(r.get("threads", "-")), f(r.get("convert_seconds"), ".0f"),
+                      f(r.get("psnr")),
                       f(r.get("psnr_vs_teacher")), note)
         console.print(t)
     if "speedup" in parts and "scratch" in parts["speedup"]:
@@ -265,7 +281,10 @@ def main(argv=None) -> dict:
     p.add_argument("--speedup-slack", type=float, default=2.0,
                    help="the speedup conversion trains for slack x the scratch NeRF's training time / 10")
     p.add_argument("--speedup-eval-every", type=int, default=25, help="steps between held-out evaluations")
-    p.add_argument("--nerf-teacher-set", nargs="*", default=["heads=shared", "use_occupancy_grid=true"])
+    p.add_argument("--nerf-teacher", choices=("pvd", "images"), default="pvd",
+                   help="pvd: convert the instant-ngp teacher into the nerf teacher; images: train it from images")
+    p.add_argument("--nerf-teacher-set", nargs="*", default=["heads=shared", "use_occupancy_grid=true"],
+                   help="overrides of a nerf teacher trained from images")
     p.add_argument("--eval-images", type=int, default=3, help="held-out views scored (evenly spaced)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--device", default="auto")
@@ -280,15 +299,7 @@ def main(argv=None) -> dict:
     unknown = sorted(set(only) - set(PARTS))
     if unknown:
         p.error(f"unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}")
-    results = {"parts": {}}
-    if args.out.is_file():
-        try:
-            results = json.loads(args.out.read_text())
-        except json.JSONDecodeError:
-            print(f"warning: {args.out} is not valid JSON; starting a new results file")
-    results.setdefault("parts", {})
-    results["machine"] = {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-                          "platform": platform.platform()}
+    results = load(args.out)
     runners = {"teachers": part_teachers, "matrix": part_matrix, "speedup": part_speedup, "al": part_al}
     for name in PARTS:
         if name not in only:
@@ -298,14 +309,8 @@ def main(argv=None) -> dict:
         res["date"] = time.strftime("%Y-%m-%d %H:%M:%S")
         res["part_seconds"] = time.perf_counter() - t0
         res["args"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-        if name in ("matrix", "al") and "pairs" in results["parts"].get(name, {}) and "pairs" in res:
-            merged = dict(results["parts"][name]["pairs"])  # keep the pairs measured by earlier runs
-            merged.update(res["pairs"])
-            res["pairs"] = merged
-        results["parts"][name] = res
-        from omnifield.scenes.runs import atomic_write_json
-
-        atomic_write_json(args.out, results)
+        merge = {"teachers": "runs", "matrix": "pairs", "al": "pairs"}.get(name)  # keep rows measured before
+        results = save_part(args.out, name, res, merge=merge)
     print_tables(results)
     print(f"results: {args.out}")
     return results

@@ -24,24 +24,17 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
-import platform
+import sys
 import time
 from pathlib import Path
 
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import load, save_part, shared_data_root  # noqa: E402  (sibling benchmark module)
+
 PARTS = ("demo", "lego", "fox", "hash", "lego3dgs", "dynamic")
-
-
-def shared_data_root() -> Path | None:
-    """``$OMNIFIELD_SHARED_DATA`` or ``../shared/data`` next to the repository, when present."""
-    env = os.environ.get("OMNIFIELD_SHARED_DATA")
-    for c in ([Path(env)] if env else []) + [REPO.parent / "shared" / "data"]:
-        if c.is_dir():
-            return c
-    return None
 
 
 def train_and_evaluate(method: str, data: Path, run_dir: Path, *, downscale: int, minutes: float,
@@ -270,15 +263,7 @@ def main(argv=None) -> dict:
     if unknown:
         p.error(f"unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}")
 
-    results = {"parts": {}}
-    if args.out.is_file():
-        try:
-            results = json.loads(args.out.read_text())
-        except json.JSONDecodeError:
-            print(f"warning: {args.out} is not valid JSON; starting a new results file")
-    results.setdefault("parts", {})
-    results["machine"] = {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-                          "platform": platform.platform(), "processor": platform.processor()}
+    results = load(args.out)
     runners = {"demo": part_demo, "lego": part_lego, "fox": part_fox, "hash": part_hash, "lego3dgs": part_lego3dgs,
                "dynamic": part_dynamic}
     for name in PARTS:
@@ -288,17 +273,11 @@ def main(argv=None) -> dict:
             res["date"] = time.strftime("%Y-%m-%d %H:%M:%S")
             res["part_seconds"] = time.perf_counter() - t0
             res["args"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-            results["parts"][name] = res
-            _write_json(args.out, results)  # after every part, so a long run keeps what it measured
+            results = save_part(args.out, name, res)  # after every part, so a long run keeps what it measured
     print_tables(results)
     print(f"results: {args.out}")
     return results
 
-
-def _write_json(path: Path, obj) -> None:
-    from omnifield.scenes.runs import atomic_write_json
-
-    atomic_write_json(path, obj)
 
 
 if __name__ == "__main__":

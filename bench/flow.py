@@ -207,11 +207,13 @@ def print_tables(results: dict) -> None:
     for part, label in (("rigid", "synthetic rigid pairs"), ("lidar", "synthetic lidar pairs")):
         if part in parts and "methods" in parts[part]:
             flow_rows.append((f"{label} ({parts[part]['points']} pts)", parts[part]["methods"]))
-    if "av2" in parts and "settings" in parts["av2"]:
-        for key, s in parts["av2"]["settings"].items():
-            flow_rows.append((f"AV2 pair, {'all' if key == 'all' else key} non-ground pts ({s['points']})", s["methods"]))
-    elif "av2" in parts:
-        console.print(f"av2: {parts['av2'].get('skipped')}")
+    for part, note in (("av2", ""), ("av2_cap30", ", 30 s cap")):  # av2_cap30: a run with --set time_budget_s=30
+        if part in parts and "settings" in parts[part]:
+            for key, s in parts[part]["settings"].items():
+                label = "all" if key == "all" else key
+                flow_rows.append((f"AV2 pair, {label} non-ground pts ({s['points']}){note}", s["methods"]))
+        elif part in parts:
+            console.print(f"{part}: {parts[part].get('skipped')}")
     if flow_rows:
         t = Table(title=f"scene flow: NSFP vs baselines (CPU, {threads} torch thread(s))")
         for col in ("data", "method", "EPE3D all", "EPE3D static", "EPE3D dyn", "Acc3DS", "Acc3DR", "Outliers",

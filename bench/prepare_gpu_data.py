@@ -13,23 +13,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import shared_data_root  # noqa: E402  (sibling benchmark module)
+
 #: dataset folder -> the files bench/gpu.py reads from it (globs relative to the folder)
 NEEDED: dict[str, tuple[str, ...]] = {"lego": ("transforms_train.json", "train/*.png")}
-
-
-def shared_data_root() -> Path | None:
-    """``$OMNIFIELD_SHARED_DATA`` or ``../shared/data`` next to the repository, when present."""
-    env = os.environ.get("OMNIFIELD_SHARED_DATA")
-    for c in ([Path(env)] if env else []) + [REPO.parent / "shared" / "data"]:
-        if c.is_dir():
-            return c
-    return None
 
 
 def files_to_copy(root: Path) -> list[tuple[Path, Path]]:

@@ -446,6 +446,19 @@ def build_student(target: str, data, options: ConvertOptions, defaults: dict | N
     return spec.build(config, data)
 
 
+def render_student_overrides(target: str) -> dict:
+    """Config overrides of a student trained by render distillation: an MLP student (nerf) gets PVD's
+    marched, shared-heads MLP and its CPU settings (:func:`~omnifield.distill.pvd.student_overrides`, the
+    density clamp left out: no teacher density to match). The paper NeRF (coarse + fine, 192 samples
+    per ray, no occupancy grid) made 7 steps in 2 minutes on one CPU thread and took 20 minutes to
+    render 3 held-out views of lego at 200x200. Other students keep their defaults."""
+    from omnifield.distill.pvd import student_overrides
+    from omnifield.scenes.registry import get_method
+
+    out = student_overrides(target, get_method(target).config_cls)
+    return {k: v for k, v in out.items() if k != "density_clamp"} if "heads" in out else {}
+
+
 def _downscale(data) -> int:
     return int((getattr(data, "metadata", None) or {}).get("downscale", 1))
 
@@ -482,7 +495,8 @@ def _convert_render(teacher, target: str, data, options: ConvertOptions, out, re
     views = teacher_views(teacher, data, options.n_views, options.seed, time=time, cache_dir=cache,
                           progress=options.progress)
     resuming = resume and _has_checkpoint(out)
-    student = build_student(target, views, options, None, out if resuming else None).to(_device_of(teacher))
+    student = build_student(target, views, options, render_student_overrides(target), out if resuming else None)
+    student = student.to(_device_of(teacher))
     trainer = Trainer(student, views, _trainer_config(options, views), out, downscale=_downscale(data),
                       method=target, record_data=data)  # the run records the real dataset, not the teacher views
     trainer.resume_hint = ""  # convert prints its own "omnifield convert ... --resume" line

@@ -283,6 +283,23 @@ def test_gaussians_to_instant_ngp_matches_the_teacher(tiny, ngp):
     assert abs(rec["student_teacher_psnr"] - value) < 1e-6 and rec["options"]["n_views"] == 60
 
 
+def test_a_render_distilled_nerf_student_marches_a_grid_with_shared_heads():
+    from omnifield.distill.convert import render_student_overrides
+
+    nerf = render_student_overrides("nerf")
+    assert nerf["use_occupancy_grid"] is True and nerf["heads"] == "shared" and "density_clamp" not in nerf
+    assert render_student_overrides("instant-ngp") == {} and render_student_overrides("3dgs") == {}
+
+
+def test_gaussians_to_nerf_trains_the_marched_student(tiny, tmp_path):
+    data, teacher = tiny
+    options = ConvertOptions(max_steps=2, n_views=8, progress=False,
+                             scene_overrides=("hidden_dim=16", "n_layers=2", "skip_layer=1", "grid_resolution=8"))
+    student = convert(teacher, "nerf", data, out=tmp_path / "nerf", options=options)
+    assert student.config.use_occupancy_grid and student.config.heads == "shared"
+    assert runs.read_json(tmp_path / "nerf" / "distill.json")["plan"]["kind"] == "render"
+
+
 def test_instant_ngp_to_gaussians_matches_the_teacher(tiny, ngp, gs):
     data, _ = tiny
     student, out = gs
