@@ -10,6 +10,7 @@ import numpy as np
 
 from omnifield.scenes.nsfp.rigid import RigidConfig, RigidRefinement, apply, refine_rigid, rigid_fit
 
+
 def dominant_motion(points: np.ndarray, moved: np.ndarray, scale: float = 0.05, iterations: int = 10) -> np.ndarray:
     """``[4, 4]`` rigid transform that most rows of ``points -> moved`` follow (the ego motion of a lidar
     pair whose flow includes it): Kabsch re-weighted by Cauchy weights ``1 / (1 + (r / scale)^2)`` of the
@@ -70,7 +71,6 @@ def refine_pair_flow(points1: np.ndarray, flow: np.ndarray, points2: np.ndarray,
         ground=[np.zeros(len(p1), bool), np.arange(len(sweep2)) >= len(p2)])
     new_flow = np.where(result.refined[0][:, None], result.points[0] - p1, np.asarray(flow, np.float64))
     return PairRefinement(new_flow.astype(np.float32), moving1, result)
-
 
 
 PAIR_RIGID = RigidConfig(enabled=False, planar_motion=False, anchor_weight=0.0, max_iterations=100, settled=0.01,
