@@ -50,6 +50,19 @@ def crop_density(sigma: Tensor, x: Tensor, crop: Tensor | None) -> Tensor:
     return sigma if crop is None else sigma * ((x >= crop[0]) & (x <= crop[1])).all(-1).to(sigma.dtype)
 
 
+def midpoint_density(density_fn: Callable[[Tensor], Tensor], rays: RayBundle,
+                     crop: Tensor | None = None) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+    """The sampler's ``sigma_fn(t_starts [S], t_ends [S], ray_indices [S]) -> [S]``: ``density_fn`` at each
+    interval's midpoint on its ray, zero outside the ``crop [2, 3]`` box (:func:`crop_density`)."""
+    o, d = rays.origins, rays.directions
+
+    def sigma_fn(ts: Tensor, te: Tensor, ri: Tensor) -> Tensor:
+        x = o[ri] + d[ri] * (0.5 * (ts + te))[:, None]
+        return crop_density(density_fn(x), x, crop)
+
+    return sigma_fn
+
+
 def march_grid(
     grid: OccupancyGrid,
     rays: RayBundle,

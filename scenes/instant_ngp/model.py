@@ -18,7 +18,7 @@ from omnifield.scenes._common import WarmupMultiStep, adam, default_profile, psn
 from omnifield.scenes.base import FieldOutputs, RayBatch, RenderOptions, Scene
 from omnifield.scenes.instant_ngp.config import InstantNGPConfig
 from omnifield.scenes.marching import (adapted_rays, crop_box_tensor, crop_density, keep_unterminated, march_grid,
-                                       render_range, update_grid)
+                                       midpoint_density, render_range, update_grid)
 
 _PROFILES = {
     "paper": dict(log2_hashmap_size=19, max_res_per_extent=2048, grid_resolution=128, steps_per_diag=1024, target=2**18,
@@ -140,10 +140,7 @@ class InstantNGP(Scene):
         c = self.config
         o, d = rays.origins, rays.directions
         crop = crop_box_tensor(options, o)
-
-        def sigma_fn(ts: Tensor, te: Tensor, ri: Tensor) -> Tensor:
-            x = o[ri] + d[ri] * (0.5 * (ts + te))[:, None]
-            return crop_density(self.density(x), x, crop)
+        sigma_fn = midpoint_density(self.density, rays, crop)
 
         single_pass = not torch.is_grad_enabled()
         samples = march_grid(self.grid, rays, c, self.training, render_range(c, options),

@@ -23,6 +23,7 @@ from omnifield.renderers.types import PackedSamples, RayBundle, RenderOutput
 from omnifield.renderers.volume import composite
 from omnifield.scenes._common import ExponentialDecay, adam, psnr, scene_extent
 from omnifield.scenes.base import FieldOutputs, RayBatch, RenderOptions, Scene
+from omnifield.scenes.marching import midpoint_density
 from omnifield.scenes.nerf.config import NeRFConfig
 
 GEO_FEATURES = 15
@@ -165,7 +166,6 @@ class NeRF(Scene):
     def _render(self, rays: RayBundle, background: Tensor, options: RenderOptions | None) -> tuple[RenderOutput, RenderOutput | None]:
         c = self.config
         if self.grid is not None:
-            o, d = rays.origins, rays.directions
             near = c.near if options is None or options.near is None else options.near
             far = c.far if options is None or options.far is None else options.far
 
@@ -174,10 +174,8 @@ class NeRF(Scene):
                 samples = self.grid.sample(rays, near, far, self.step_size, None, stratified=self.training)
                 return self._shade(self.fine, rays, samples, background, early_stop_eps=1e-4), None
 
-            def sigma_fn(ts, te, ri):
-                return self.density(o[ri] + d[ri] * (0.5 * (ts + te))[:, None])
-
-            samples = self.grid.sample(rays, near, far, self.step_size, sigma_fn, stratified=self.training)
+            samples = self.grid.sample(rays, near, far, self.step_size, midpoint_density(self.density, rays),
+                                       stratified=self.training)
             return self._shade(self.fine, rays, samples, background), None
         t0, t1 = self._bounds(rays, options)
         edges = stratified_edges(t0, t1, c.n_coarse, perturb=self.training)

@@ -19,7 +19,7 @@ from omnifield.renderers.volume import composite
 from omnifield.scenes._common import ExponentialDecay, adam, default_profile, psnr, scene_extent
 from omnifield.scenes.base import FieldOutputs, RayBatch, RenderOptions, Scene
 from omnifield.scenes.marching import (adapted_rays, crop_box_tensor, crop_density, keep_unterminated, march_grid,
-                                       render_range, update_grid)
+                                       midpoint_density, render_range, update_grid)
 from omnifield.scenes.plenoxels.config import PlenoxelsConfig
 
 _PROFILES = {
@@ -201,10 +201,7 @@ class Plenoxels(Scene):
         c = self.config
         o, d = rays.origins, rays.directions
         crop = crop_box_tensor(options, o)
-
-        def sigma_fn(ts: Tensor, te: Tensor, ri: Tensor) -> Tensor:
-            x = o[ri] + d[ri] * (0.5 * (ts + te))[:, None]
-            return crop_density(self.density(x), x, crop)
+        sigma_fn = midpoint_density(self.density, rays, crop)
 
         single_pass = not torch.is_grad_enabled()
         samples = march_grid(self.grid, rays, c, self.training, render_range(c, options),
