@@ -124,9 +124,23 @@ def test_bad_input_raises(p1, match):
 
 
 def test_config_validation():
-    for bad in (dict(loss="icp"), dict(init="cold"), dict(lr=0), dict(truncate_sq=-1), dict(layers=0)):
+    for bad in (dict(loss="icp"), dict(init="cold"), dict(lr=0), dict(truncate_sq=-1), dict(layers=0),
+                dict(profile="fast"), dict(max_iterations=0)):
         with pytest.raises(ValueError, match="NSFPConfig"):
             NSFPConfig(**bad)
+
+
+def test_the_profile_caps_the_iterations_on_the_cpu_and_keeps_the_released_schedule_on_a_gpu():
+    from omnifield.scenes.nsfp.config import CPU_MAX_ITERATIONS, PAPER_MAX_ITERATIONS
+
+    assert NSFPConfig().resolved("cpu").max_iterations == CPU_MAX_ITERATIONS < PAPER_MAX_ITERATIONS == 5000
+    assert NSFPConfig().resolved("cuda").profile == "paper" and NSFPConfig().resolved("cuda").max_iterations == 5000
+    assert NSFPConfig(profile="paper").resolved("cpu").max_iterations == 5000
+    assert NSFPConfig(profile="paper", max_iterations=7).resolved("cpu").max_iterations == 7  # explicit wins
+    # The cap is what the CPU fit runs: no early stop (patience 0), exactly CPU_MAX_ITERATIONS steps.
+    p1, p2, _ = rigid_pair(64)
+    est = estimate_flow(p1, p2, NSFPConfig(layers=2, hidden=8, patience=0, cycle=False))
+    assert est.iterations == CPU_MAX_ITERATIONS
 
 
 def test_ego_motion_is_compensated_and_added_back():

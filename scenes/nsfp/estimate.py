@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from omnifield.scenes._common import adam
+
 from .chamfer import DistanceTransform, _nn_index_kdtree, _nn_index_torch, check_points, _truncated_mean
 from .config import NSFPConfig
 from .model import FlowMLP
@@ -181,6 +183,7 @@ def estimate_flow(points1, points2, config: NSFPConfig = NSFPConfig(), *, init_s
     """
     t0 = time.perf_counter()
     dev = _device(device)
+    config = config.resolved(dev)
     p1, p2 = as_points(points1, "points1", dev), as_points(points2, "points2", dev)
     given = p1
     ego = _ego_offset(ego_motion, p1)
@@ -192,7 +195,7 @@ def estimate_flow(points1, points2, config: NSFPConfig = NSFPConfig(), *, init_s
     groups = [{"params": list(net.parameters()), "weight_decay": config.weight_decay}]
     if back is not None:
         groups.append({"params": list(back.parameters()), "weight_decay": config.weight_decay})
-    optimizer = torch.optim.Adam(groups, lr=config.lr)
+    optimizer = adam(groups, lr=config.lr)
     stopper = _EarlyStopping(config.patience, config.min_delta)
     best_loss, best_flow, best_it, best_state, it = math.inf, None, -1, {}, -1
     deadline = math.inf if config.time_budget_s is None else t0 + config.time_budget_s

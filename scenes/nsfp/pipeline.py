@@ -116,7 +116,7 @@ def estimate_pair_flow(seq, config=None, *, pair: int = 0, points: int | None = 
     """
     from omnifield.scenes.nsfp.estimate import estimate_flow
 
-    config = nsfp_config() if config is None else config
+    config = (nsfp_config() if config is None else config).resolved(device)
     f1, f2 = seq.pair(pair)
     labels = f1.is_ground is not None or f2.is_ground is not None
     rows1 = choose_rows(f1, ground=_ground_rows(f1, ground, labels), max_range=max_range, points=points, seed=seed)
@@ -200,7 +200,7 @@ def evaluate_sequence(seq, config=None, *, points: int | None = None, baselines:
     from omnifield.scenes.flow_metrics import AV2_RANGE, evaluate_flow
     from omnifield.scenes.nsfp.estimate import estimate_flow, nn_flow, zero_flow
 
-    config = nsfp_config() if config is None else config
+    config = (nsfp_config() if config is None else config).resolved(device)
     protocol = seq.metadata.get("protocol")
     labelled = [i for i in range(len(seq) - 1) if seq.frames[i].flow is not None]
     if not labelled:
