@@ -488,12 +488,15 @@ def _convert_pvd(teacher, target: str, data, options: ConvertOptions, out, resum
 
 
 def _convert_render(teacher, target: str, data, options: ConvertOptions, out, resume: bool, time):
-    from omnifield.distill.render_distill import teacher_views
+    from omnifield.distill import render_distill as rd
     from omnifield.scenes.trainer import Trainer
 
     cache = None if out is None else Path(out) / CACHE_DIR
-    views = teacher_views(teacher, data, options.n_views, options.seed, time=time, cache_dir=cache,
-                          progress=options.progress)
+    # Gaussian students start from the points; grid students take every lifted pixel to mark their cells
+    gaussians = _target_kind(_get_target(target)).gaussians
+    views = rd.teacher_views(teacher, data, options.n_views, options.seed, time=time, cache_dir=cache,
+                             max_points=rd.DEFAULT_MAX_POINTS if gaussians else rd.SURFACE_POINTS,
+                             progress=options.progress)
     resuming = resume and _has_checkpoint(out)
     student = build_student(target, views, options, render_student_overrides(target), out if resuming else None)
     student = student.to(_device_of(teacher))
@@ -501,7 +504,8 @@ def _convert_render(teacher, target: str, data, options: ConvertOptions, out, re
                       method=target, record_data=data)  # the run records the real dataset, not the teacher views
     trainer.resume_hint = ""  # convert prints its own "omnifield convert ... --resume" line
     if resuming:
-        trainer.resume()
+        trainer.resume()  # the saved grid, limited again to the same (deterministic) cells below
+    rd.seed_occupancy(student, views.points)
     return student, trainer.train()
 
 

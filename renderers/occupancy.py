@@ -39,6 +39,43 @@ class OccupancyGrid(nn.Module):
         n = self.levels * self.resolution**3
         self.register_buffer("occs", torch.zeros(n))
         self.register_buffer("binaries", torch.ones(self.levels, self.resolution, self.resolution, self.resolution, dtype=torch.bool))
+        self.register_buffer("limit", None, persistent=False)  # cells that may be occupied (restrict)
+
+    @torch.no_grad()
+    def cells_of(self, points: Tensor, dilation: int = 0) -> Tensor:
+        """``[levels, G, G, G]`` bool: the cells holding ``points [N, 3]`` (each point in the finest level
+        that contains it, the rule of the sampler), grown by ``dilation`` cells in every direction.
+        Points outside the coarsest level are ignored."""
+        g = self.resolution
+        box = self.aabb.to(points.device)
+        centre, half = 0.5 * (box[0] + box[1]), 0.5 * (box[1] - box[0])
+        u = (points.to(box.dtype) - centre) / half  # level 0 is [-1, 1]^3
+        level = torch.ceil(torch.log2(u.abs().amax(dim=-1).clamp_min(1e-12))).clamp_min(0).long()
+        keep = torch.isfinite(u).all(-1) & (level < self.levels)
+        u, level = u[keep], level[keep]
+        ijk = ((u / torch.exp2(level.to(u.dtype))[:, None] + 1.0) * 0.5 * g).floor().long().clamp(0, g - 1)
+        flat = ((level * g + ijk[:, 0]) * g + ijk[:, 1]) * g + ijk[:, 2]
+        mask = torch.zeros(self.levels * g**3, dtype=torch.bool, device=points.device)
+        mask[flat] = True
+        mask = mask.view(self.levels, g, g, g)
+        if dilation > 0:
+            k = 2 * int(dilation) + 1
+            mask = torch.nn.functional.max_pool3d(mask[:, None].float(), k, stride=1, padding=int(dilation))[:, 0] > 0
+        return mask.to(self.binaries.device)
+
+    @torch.no_grad()
+    def restrict(self, cells: Tensor | None) -> None:
+        """Keep the grid inside ``cells`` (``[levels, G, G, G]`` bool) from now on: ``binaries`` outside
+        them is cleared now and after every :meth:`update`, which evaluates only those cells. ``None``
+        lifts the limit. The limit is not part of the state dict (whoever set it sets it again on resume)."""
+        if cells is None:
+            self.limit = None
+            return
+        cells = cells.to(device=self.binaries.device, dtype=torch.bool)
+        if cells.shape != self.binaries.shape:
+            raise ValueError(f"restrict: cells must have shape {tuple(self.binaries.shape)}, got {tuple(cells.shape)}")
+        self.limit = cells
+        self.binaries &= cells
 
     @property
     def cells_per_level(self) -> int:
@@ -79,6 +116,8 @@ class OccupancyGrid(nn.Module):
         device = self.occs.device
         if step < warmup_steps:
             ids = torch.arange(self.occs.numel(), device=device)
+            if self.limit is not None:
+                ids = self.limit.reshape(-1).nonzero().squeeze(-1)
         else:
             n = max(1, int(self.cells_per_level * fraction))
             parts = []
@@ -89,6 +128,8 @@ class OccupancyGrid(nn.Module):
                 if occupied.numel():
                     parts.append(base + occupied[torch.randint(occupied.numel(), (n,), device=device)])
             ids = torch.cat(parts)
+            if self.limit is not None:
+                ids = ids[self.limit.reshape(-1)[ids]]
         values = torch.empty(ids.shape[0], device=device)
         for i in range(0, ids.shape[0], chunk):
             sel = ids[i : i + chunk]
@@ -100,6 +141,8 @@ class OccupancyGrid(nn.Module):
             values[i : i + chunk] = density_fn(x).reshape(-1).float() * dt
         ops.occupancy_ema_update(self.occs, ids, values, ema_decay)
         self.binaries.copy_(ops.occupancy_binarize(self.occs, threshold).view_as(self.binaries))
+        if self.limit is not None:
+            self.binaries &= self.limit
 
     @torch.no_grad()
     def sample(

@@ -294,10 +294,15 @@ def test_a_render_distilled_nerf_student_marches_a_grid_with_shared_heads():
 def test_gaussians_to_nerf_trains_the_marched_student(tiny, tmp_path):
     data, teacher = tiny
     options = ConvertOptions(max_steps=2, n_views=8, progress=False,
-                             scene_overrides=("hidden_dim=16", "n_layers=2", "skip_layer=1", "grid_resolution=8"))
+                             scene_overrides=("hidden_dim=16", "n_layers=2", "skip_layer=1", "grid_resolution=16"))
     student = convert(teacher, "nerf", data, out=tmp_path / "nerf", options=options)
     assert student.config.use_occupancy_grid and student.config.heads == "shared"
     assert runs.read_json(tmp_path / "nerf" / "distill.json")["plan"]["kind"] == "render"
+    # The student's grid holds only cells around the teacher's surface (its lifted depth), never the full box.
+    views = teacher_views(teacher, data, 8, seed=0, max_points=render_distill.SURFACE_POINTS)
+    around = student.grid.cells_of(views.points, dilation=render_distill.SURFACE_DILATION)
+    assert torch.equal(student.grid.limit, around) and 0 < student.grid.occupied_fraction() < 0.5
+    assert not bool((student.grid.binaries & ~around).any())
 
 
 def test_instant_ngp_to_gaussians_matches_the_teacher(tiny, ngp, gs):

@@ -189,3 +189,42 @@ def test_occupancy_update_scales_the_step_per_level_with_cone_marching():
     per_level = cone.occs.view(3, -1)
     torch.testing.assert_close(grid.occs, torch.full_like(grid.occs, 0.01))
     torch.testing.assert_close(per_level[:, 0], torch.tensor([0.01, 0.02, 0.03]))  # 2^l steps, capped
+
+
+def test_cells_of_marks_the_cells_the_sampler_looks_up():
+    grid = OccupancyGrid(torch.tensor([[-1.0, -0.5, -1], [1, 1.5, 1]]), resolution=8, levels=2)
+    gen = torch.Generator().manual_seed(0)
+    points = torch.rand(50, 3, generator=gen) * 5.0 - 2.5  # some in level 0, some in level 1, some outside
+    cells = grid.cells_of(points)
+    assert cells.shape == grid.binaries.shape
+    inside = ops.grid_lookup(points, torch.ones_like(grid.binaries), grid.aabb)
+    assert bool(ops.grid_lookup(points[inside], cells, grid.aabb).all())  # the oracle: the sampler's own lookup
+    assert int(cells.sum()) <= int(inside.sum())  # nothing but their cells
+    others = torch.rand(2000, 3, generator=gen) * 5.0 - 2.5
+    same_cell = ops.grid_lookup(others, cells, grid.aabb)
+    assert 0 < int(same_cell.sum()) < len(others)
+    # Dilation by one cell: a 3x3x3 block per isolated cell within the level.
+    one = grid.cells_of(torch.tensor([[0.0, 0.5, 0.0]]), dilation=1)
+    assert int(one.sum()) == 27 and int(one[1].sum()) == 0
+
+
+def test_a_restricted_grid_never_occupies_or_evaluates_cells_outside_its_limit():
+    grid = OccupancyGrid(torch.tensor([[-1.0, -1, -1], [1, 1, 1]]), resolution=8)
+    limit = grid.cells_of(torch.tensor([[0.1, 0.1, 0.1], [-0.6, 0.3, 0.9]]), dilation=1)
+    grid.restrict(limit)
+    assert torch.equal(grid.binaries, limit)
+    seen = []
+
+    def density(x):
+        seen.append(x)
+        return torch.full((len(x),), 10.0)  # dense everywhere: an unrestricted grid would fill
+
+    for step in (0, 300, 301):  # the warm-up (every cell) and the random phase
+        grid.update(step, density, 0.1)
+        assert torch.equal(grid.binaries, limit)
+    x = torch.cat(seen)
+    assert bool(ops.grid_lookup(x, limit, grid.aabb).all())  # evaluated only inside the limit
+    assert "limit" not in grid.state_dict()
+    grid.restrict(None)
+    grid.update(0, density, 0.1)
+    assert bool(grid.binaries.all())
