@@ -2,7 +2,8 @@
 ``plenoxels``): the render range, the crop box, marching, the grid update, early termination in one
 density pass, and the adaptive ray count (Instant-NGP, Mueller et al. 2022; nerfacc's estimator).
 
-Functions only: the scene keeps its grid, its ray count and its config, and passes them in. ``config`` is
+Functions, which take the scene's grid and config, and :class:`GridMarched`, the mixin that gives a
+scene its ray count (adapted per step, saved with the run) and its grid update. ``config`` is
 the scene's resolved config, read by its flat field names (``near``, ``far``, ``render_step_size``,
 ``alpha_thre``, ``early_stop_eps``, ``cone_angle`` (0 where a scene has none), ``grid_*``,
 ``target_samples_per_batch``, ``max_rays_per_batch``).
@@ -114,3 +115,34 @@ def keep_unterminated(samples: PackedSamples, sigma: Tensor, n_rays: int, alpha_
     ri = samples.ray_indices[keep]
     kept = PackedSamples(ri, samples.t_starts[keep], samples.t_ends[keep], ops.packed_info_from_ray_indices(ri, n_rays))
     return kept, keep
+
+
+class GridMarched:
+    """The per-scene state of grid marching, as a mixin before :class:`~omnifield.scenes.base.Scene`
+    (``class InstantNGP(GridMarched, Scene)``): the ray count of the next batch, adapted after every
+    step to ``target_samples_per_batch`` and saved with the run, and the occupancy-grid update from the
+    scene's own density. The scene has ``grid``, ``config`` and ``density``, calls
+    :meth:`init_ray_count` in its constructor and records ``_last_samples`` (samples of its last
+    training batch); its ``on_step_end`` calls :meth:`adapt_ray_count`."""
+
+    def init_ray_count(self, initial: int) -> None:
+        self._rays_per_batch, self._last_samples = int(initial), 0
+
+    def on_step_begin(self, step: int) -> None:
+        """Occupancy-grid update every ``grid_update_every`` steps from the scene's own density (Instant-NGP)."""
+        if self.training:
+            update_grid(self.grid, step, self.density, self.config)
+
+    def adapt_ray_count(self) -> None:
+        """Scale the ray count so the next batch holds about ``target_samples_per_batch`` samples."""
+        self._rays_per_batch = adapted_rays(self._rays_per_batch, self._last_samples, self.config)
+
+    def rays_per_batch(self) -> int:
+        return self._rays_per_batch
+
+    def extra_state(self) -> dict[str, Tensor]:
+        return {"rays_per_batch": torch.tensor(self._rays_per_batch)}
+
+    def load_extra_state(self, state: dict[str, Tensor]) -> None:
+        if "rays_per_batch" in state:
+            self._rays_per_batch = int(state["rays_per_batch"])

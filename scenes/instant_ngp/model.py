@@ -17,8 +17,8 @@ from omnifield.renderers.volume import composite
 from omnifield.scenes._common import WarmupMultiStep, adam, default_profile, psnr, scene_extent
 from omnifield.scenes.base import FieldOutputs, RayBatch, RenderOptions, Scene
 from omnifield.scenes.instant_ngp.config import InstantNGPConfig
-from omnifield.scenes.marching import (adapted_rays, crop_box_tensor, crop_density, keep_unterminated, march_grid,
-                                       midpoint_density, render_range, update_grid)
+from omnifield.scenes.marching import (GridMarched, crop_box_tensor, crop_density, keep_unterminated, march_grid,
+                                       midpoint_density, render_range)
 
 _PROFILES = {
     "paper": dict(log2_hashmap_size=19, max_res_per_extent=2048, grid_resolution=128, steps_per_diag=1024, target=2**18,
@@ -57,7 +57,7 @@ def resolve_config(config: InstantNGPConfig, scene_box: Tensor, unbounded: bool 
     )
 
 
-class InstantNGP(Scene):
+class InstantNGP(GridMarched, Scene):
     """Instant-NGP radiance field (implements ``HasDensity`` and ``HasFieldFeatures``).
 
     Density: ``trunc_exp(clamp(h_0 + density_bias))`` of a 1-hidden-layer MLP on the hash encoding of
@@ -84,8 +84,7 @@ class InstantNGP(Scene):
         self.dir_encoding = SHEncoding(c.sh_degree)
         self.color_mlp = MLP(self.dir_encoding.out_dim + c.geo_feat_dim, 3, c.hidden_dim, c.color_hidden_layers,
                              output_activation="sigmoid")
-        self._rays_per_batch = int(c.init_rays_per_batch)
-        self._last_samples = 0
+        self.init_ray_count(c.init_rays_per_batch)
 
     # -- field ---------------------------------------------------------------------------------
     def _mlp(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -192,17 +191,9 @@ class InstantNGP(Scene):
             "num_rays": torch.tensor(float(len(batch.rays))),
         }
 
-    def on_step_begin(self, step: int) -> None:
-        """Occupancy-grid update every ``grid_update_every`` steps (Instant-NGP)."""
-        if self.training:
-            update_grid(self.grid, step, self.density, self.config)
-
     def on_step_end(self, step: int) -> None:
         """Adapt the ray count so the next batch holds about ``target_samples_per_batch`` samples."""
-        self._rays_per_batch = adapted_rays(self._rays_per_batch, self._last_samples, self.config)
-
-    def rays_per_batch(self) -> int:
-        return self._rays_per_batch
+        self.adapt_ray_count()
 
     def configure_optimizers(self, max_steps: int):
         """Adam (lr 1e-2, betas (0.9, 0.99), eps 1e-15; weight decay on the MLPs), warmup + multi-step decay."""
@@ -211,13 +202,6 @@ class InstantNGP(Scene):
         opt = adam([{"params": list(self.encoding.parameters()), "weight_decay": 0.0},
                     {"params": mlps, "weight_decay": c.weight_decay}], lr=c.lr, betas=c.betas, eps=c.eps)
         return opt, torch.optim.lr_scheduler.LambdaLR(opt, WarmupMultiStep(max_steps, c.lr_warmup_steps))
-
-    def extra_state(self) -> dict[str, Tensor]:
-        return {"rays_per_batch": torch.tensor(self._rays_per_batch)}
-
-    def load_extra_state(self, state: dict[str, Tensor]) -> None:
-        if "rays_per_batch" in state:
-            self._rays_per_batch = int(state["rays_per_batch"])
 
 
 def build(config: InstantNGPConfig, data) -> InstantNGP:

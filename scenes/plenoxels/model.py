@@ -18,8 +18,8 @@ from omnifield.renderers.types import PackedSamples, RayBundle, RenderOutput
 from omnifield.renderers.volume import composite
 from omnifield.scenes._common import ExponentialDecay, adam, default_profile, psnr, scene_extent
 from omnifield.scenes.base import FieldOutputs, RayBatch, RenderOptions, Scene
-from omnifield.scenes.marching import (adapted_rays, crop_box_tensor, crop_density, keep_unterminated, march_grid,
-                                       midpoint_density, render_range, update_grid)
+from omnifield.scenes.marching import (GridMarched, crop_box_tensor, crop_density, keep_unterminated, march_grid,
+                                       midpoint_density, render_range)
 from omnifield.scenes.plenoxels.config import PlenoxelsConfig
 
 _PROFILES = {
@@ -125,7 +125,7 @@ class RowSparseAdam(torch.optim.Optimizer):
         return loss
 
 
-class Plenoxels(Scene):
+class Plenoxels(GridMarched, Scene):
     """Plenoxels radiance field (implements ``HasDensity`` and ``HasFieldFeatures``).
 
     A :class:`~omnifield.fields.voxel_grid.VoxelGrid` of ``1 + 3 K`` values per vertex over the scene box
@@ -149,8 +149,7 @@ class Plenoxels(Scene):
         mean = torch.zeros(1 + 3 * k)
         mean[0] = c.init_density
         self.voxels = VoxelGrid(c.resolution, 1 + 3 * k, c.init_std, mean, c.sparse_grad)
-        self._rays_per_batch = int(c.init_rays_per_batch)
-        self._last_samples = 0
+        self.init_ray_count(c.init_rays_per_batch)
         self._optimizer: torch.optim.Optimizer | None = None
         self._schedule: ExponentialDecay | None = None
         self._tv_generator = torch.Generator().manual_seed(0)
@@ -248,15 +247,10 @@ class Plenoxels(Scene):
             "num_rays": torch.tensor(float(len(batch.rays))),
         }
 
-    def on_step_begin(self, step: int) -> None:
-        """Occupancy-grid update from the grid's density every ``grid_update_every`` steps (Instant-NGP)."""
-        if self.training:
-            update_grid(self.grid, step, self.density, self.config)
-
     def on_step_end(self, step: int) -> None:
         """Adapt the ray count to ``target_samples_per_batch``; upsample the grid when its time has come."""
         c = self.config
-        self._rays_per_batch = adapted_rays(self._rays_per_batch, self._last_samples, c)
+        self.adapt_ray_count()
         horizon = self._schedule.max_steps if self._schedule is not None else None
         if horizon is None or not self.training:
             return
@@ -269,9 +263,6 @@ class Plenoxels(Scene):
         self.voxels.upsample(resolution)
         if self._optimizer is not None:
             self._optimizer.state.pop(self.voxels.values, None)
-
-    def rays_per_batch(self) -> int:
-        return self._rays_per_batch
 
     def configure_optimizers(self, max_steps: int):
         """Adam on every value (fused, or :class:`RowSparseAdam` with ``sparse_grad``) at ``lr``, decaying
@@ -294,11 +285,10 @@ class Plenoxels(Scene):
                 self._optimizer.state.pop(self.voxels.values, None)
 
     def extra_state(self) -> dict[str, Tensor]:
-        return {"rays_per_batch": torch.tensor(self._rays_per_batch), "tv_generator": self._tv_generator.get_state()}
+        return {**super().extra_state(), "tv_generator": self._tv_generator.get_state()}
 
     def load_extra_state(self, state: dict[str, Tensor]) -> None:
-        if "rays_per_batch" in state:
-            self._rays_per_batch = int(state["rays_per_batch"])
+        super().load_extra_state(state)
         if "tv_generator" in state:
             self._tv_generator.set_state(state["tv_generator"].to(torch.uint8).cpu())
 

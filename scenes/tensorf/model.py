@@ -18,8 +18,8 @@ from omnifield.renderers.types import PackedSamples, RayBundle, RenderOutput
 from omnifield.renderers.volume import composite
 from omnifield.scenes._common import ExponentialDecay, adam, default_profile, psnr, scene_extent
 from omnifield.scenes.base import FieldOutputs, RayBatch, RenderOptions, Scene
-from omnifield.scenes.marching import (adapted_rays, crop_box_tensor, crop_density, keep_unterminated, march_grid,
-                                       render_range, update_grid)
+from omnifield.scenes.marching import (GridMarched, crop_box_tensor, crop_density, keep_unterminated, march_grid,
+                                       render_range)
 from omnifield.scenes.tensorf.config import TensoRFConfig
 
 _PAPER_UPSAMPLE = (2000.0, 3000.0, 4000.0, 5500.0, 7000.0)
@@ -70,7 +70,7 @@ def resolve_config(config: TensoRFConfig, scene_box: Tensor, unbounded: bool = F
     return resolved
 
 
-class TensoRF(Scene):
+class TensoRF(GridMarched, Scene):
     """TensoRF radiance field (implements ``HasDensity`` and ``HasFieldFeatures``).
 
     Density: ``sigma_pre = sum of the density VM's plane x line products + density_shift``,
@@ -100,8 +100,7 @@ class TensoRF(Scene):
         self.dir_encoding = SHEncoding(c.sh_degree)
         self.color_mlp = MLP(self.dir_encoding.out_dim + c.geo_feat_dim, 3, c.hidden_dim, c.color_hidden_layers,
                              output_activation="sigmoid")
-        self._rays_per_batch = int(c.init_rays_per_batch)
-        self._last_samples = 0
+        self.init_ray_count(c.init_rays_per_batch)
         self._optimizer: torch.optim.Optimizer | None = None
         self._horizon: ExponentialDecay | None = None
 
@@ -230,11 +229,6 @@ class TensoRF(Scene):
             "num_rays": torch.tensor(float(len(batch.rays))),
         }
 
-    def on_step_begin(self, step: int) -> None:
-        """Occupancy-grid update every ``grid_update_every`` steps from the scene's own density (Instant-NGP)."""
-        if self.training:
-            update_grid(self.grid, step, self.density, self.config)
-
     def on_step_end(self, step: int) -> None:
         """Upsample the VM grids when ``step`` reaches the next entry of ``upsample_at``; adapt the ray
         count so the next batch holds about ``target_samples_per_batch`` samples."""
@@ -242,10 +236,7 @@ class TensoRF(Scene):
             res = self.resolution_for(self.upsample_level(step))
             if math.prod(res) > math.prod(self.density_vm.resolution):
                 self.upsample(res)
-        self._rays_per_batch = adapted_rays(self._rays_per_batch, self._last_samples, self.config)
-
-    def rays_per_batch(self) -> int:
-        return self._rays_per_batch
+        self.adapt_ray_count()
 
     def configure_optimizers(self, max_steps: int):
         """Adam (betas (0.9, 0.99)): lr 0.02 for the planes and lines, 1e-3 for the basis and the colour MLP,
@@ -266,13 +257,6 @@ class TensoRF(Scene):
         res = weights.get("vm_resolution")
         if res is not None and res.tolist() != self.vm_resolution.tolist():
             self.upsample(tuple(int(r) for r in res.tolist()))
-
-    def extra_state(self) -> dict[str, Tensor]:
-        return {"rays_per_batch": torch.tensor(self._rays_per_batch)}
-
-    def load_extra_state(self, state: dict[str, Tensor]) -> None:
-        if "rays_per_batch" in state:
-            self._rays_per_batch = int(state["rays_per_batch"])
 
 
 def build(config: TensoRFConfig, data) -> TensoRF:
