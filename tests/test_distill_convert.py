@@ -42,13 +42,7 @@ SLICE_PSNR = 40.0  # the slice is exact up to float rounding of the covariance d
 
 
 # -- the tiny scene --------------------------------------------------------------------------------
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny scenes gain nothing from threads, and on a shared machine idle OpenMP threads spin: one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def look_at(pos, target=(0.0, 0.0, 0.0), up=(0.0, 0.0, 1.0)) -> torch.Tensor:

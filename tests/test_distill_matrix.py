@@ -22,7 +22,7 @@ from omnifield.scenes.configs import apply_overrides
 from omnifield.scenes.registry import get_method
 from omnifield.scenes.trainer import Trainer, TrainerConfig
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 MIN_PSNR = 30.0  # student vs teacher on the held-out cameras (issue 7)
 TEACHER_PSNR = 19.0  # teacher vs the held-out images (a blank render scores 15-16 dB; the tiny teachers ~22 dB)
@@ -68,22 +68,9 @@ def _held_out_psnr(scene, data) -> float:
     return sum(values) / len(values)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    from omnifield.datasets.load import load_scene
-    from omnifield.datasets.synth import SynthConfig, synthesize
-
-    root = synthesize(tmp_path_factory.mktemp("matrix") / "synth",
-                      SynthConfig(n_train=16, n_test=4, width=32, height=32, supersample=1, objects=("sphere", "box")))
-    return load_scene(root)
+def data(two_object_scene):
+    return two_object_scene("matrix", n_train=16, n_test=4)
 
 
 @pytest.fixture(scope="module")

@@ -38,6 +38,7 @@ TINY = {
                  lr=1e-2, lr_final=1e-3),
 }
 MIN_PSNR = 30.0  # student vs teacher on held-out teacher renders (issue 7)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def quiet(**kw) -> TrainerConfig:
@@ -54,24 +55,9 @@ def build(method: str, data, student: bool = False, **kw):
     return spec.build(config, data)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One torch thread: these tiny networks gain nothing from two, and on a busy machine OpenMP's
-    spinning threads multiply the CPU time."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    from omnifield.datasets.load import load_scene
-    from omnifield.datasets.synth import SynthConfig, synthesize
-
-    root = synthesize(tmp_path_factory.mktemp("pvd") / "synth",
-                      SynthConfig(n_train=12, n_test=3, width=32, height=32, supersample=1, objects=("sphere", "box")))
-    return load_scene(root)
+def data(two_object_scene):
+    return two_object_scene("pvd", n_train=12, n_test=3)
 
 
 @pytest.fixture(scope="module")

@@ -191,16 +191,6 @@ def test_config_resolution_and_refusals():
         _scene(upsample_resolutions=(16,), upsample_at=())
 
 
-@pytest.fixture
-def one_thread():
-    """Train on one torch thread: on the shared 2-core machine two threads made the training test 8x slower
-    (every scatter waits for a descheduled thread); restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def synth_data(tmp_path_factory):
     pytest.importorskip("open3d", reason="synth renders with open3d (pip install open3d-cpu)")
@@ -228,7 +218,7 @@ def _test_psnr(scene, data) -> float:
     return sum(r["psnr"] for r in rows) / len(rows)
 
 
-def test_short_training_on_the_synthetic_scene_raises_held_out_psnr(synth_data, one_thread):
+def test_short_training_on_the_synthetic_scene_raises_held_out_psnr(synth_data, one_torch_thread):
     from omnifield.scenes.trainer import Trainer
 
     spec = get_method("plenoxels")
@@ -242,7 +232,7 @@ def test_short_training_on_the_synthetic_scene_raises_held_out_psnr(synth_data, 
     assert after > before + 6 and after > 18, (before, after)
 
 
-def test_upsample_then_save_load_run_and_resume_are_exact(tmp_path, synth_data, one_thread):
+def test_upsample_then_save_load_run_and_resume_are_exact(tmp_path, synth_data, one_torch_thread):
     from omnifield.scenes import runs
     from omnifield.scenes.trainer import Trainer
 

@@ -31,14 +31,7 @@ TINY = dict(profile="cpu", density_components=4, app_components=6, n_voxels_init
             grid_warmup_steps=16, grid_update_every=4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: one thread is as fast on an idle CPU, and on a shared, oversubscribed one
-    OpenMP's spin-waits make two threads 10x slower (measured: 200 training steps 17 s vs 207 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _info(**kw):
