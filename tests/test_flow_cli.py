@@ -178,6 +178,15 @@ def test_unknown_npz_keys(tmp_path, capsys):
     assert code == 2 and "weird.npz" in one_error_line(err)
 
 
+def test_a_bad_config_value_names_the_option_and_the_value(tmp_path, capsys):
+    a, b, _ = _sweeps(tmp_path)
+    for setting, value in (("profile=fast", "'fast'"), ("max_iterations=0", "0")):
+        code, _, err = run_cli(["flow", "estimate", a, b, "--out", tmp_path / "f.npz", "--set", setting], capsys)
+        line = one_error_line(err)
+        assert code == 2 and setting.split("=")[0] in line and line.endswith(f"got {value}") and len(line) < 200, line
+    assert not (tmp_path / "f.npz").exists()
+
+
 def test_eval_needs_labels_and_accumulate_checks_its_arguments(lidar_seq, tmp_path, capsys):
     a, b, _ = _sweeps(tmp_path)
     folder = tmp_path / "sweeps"

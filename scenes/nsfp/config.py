@@ -93,27 +93,27 @@ class NSFPConfig:
 
     def __post_init__(self):
         checks = [
-            (self.layers >= 1, "layers must be >= 1"),
-            (self.hidden >= 1, "hidden must be >= 1"),
-            (self.activation in ACTIVATIONS, f"activation must be one of {ACTIVATIONS}"),
-            (self.lr > 0, "lr must be > 0"),
-            (self.weight_decay >= 0, "weight_decay must be >= 0"),
-            (self.max_iterations is None or self.max_iterations >= 1, "max_iterations must be >= 1 or None"),
-            (self.profile in PROFILES, f"profile must be one of {PROFILES}"),
-            (self.patience >= 0, "patience must be >= 0 (0 disables early stopping)"),
-            (self.min_delta >= 0, "min_delta must be >= 0"),
-            (self.truncate_sq > 0, "truncate_sq must be > 0"),
-            (self.loss in LOSSES, f"loss must be one of {LOSSES}"),
-            (self.dt_voxel > 0, "dt_voxel must be > 0"),
-            (self.dt_max_voxels >= 8, "dt_max_voxels must be >= 8"),
-            (self.nn_backend in NN_BACKENDS, f"nn_backend must be one of {NN_BACKENDS}"),
-            (self.time_budget_s is None or self.time_budget_s > 0, "time_budget_s must be > 0 or None"),
-            (self.fit_points is None or self.fit_points >= 1, "fit_points must be >= 1 or None"),
-            (self.init in INITS, f"init must be one of {INITS}"),
+            (self.layers >= 1, "layers", "must be >= 1"),
+            (self.hidden >= 1, "hidden", "must be >= 1"),
+            (self.activation in ACTIVATIONS, "activation", f"must be one of {ACTIVATIONS}"),
+            (self.lr > 0, "lr", "must be > 0"),
+            (self.weight_decay >= 0, "weight_decay", "must be >= 0"),
+            (self.max_iterations is None or self.max_iterations >= 1, "max_iterations", "must be >= 1 or None"),
+            (self.profile in PROFILES, "profile", f"must be one of {PROFILES}"),
+            (self.patience >= 0, "patience", "must be >= 0 (0 disables early stopping)"),
+            (self.min_delta >= 0, "min_delta", "must be >= 0"),
+            (self.truncate_sq > 0, "truncate_sq", "must be > 0"),
+            (self.loss in LOSSES, "loss", f"must be one of {LOSSES}"),
+            (self.dt_voxel > 0, "dt_voxel", "must be > 0"),
+            (self.dt_max_voxels >= 8, "dt_max_voxels", "must be >= 8"),
+            (self.nn_backend in NN_BACKENDS, "nn_backend", f"must be one of {NN_BACKENDS}"),
+            (self.time_budget_s is None or self.time_budget_s > 0, "time_budget_s", "must be > 0 or None"),
+            (self.fit_points is None or self.fit_points >= 1, "fit_points", "must be >= 1 or None"),
+            (self.init in INITS, "init", f"must be one of {INITS}"),
         ]
-        for ok, message in checks:
+        for ok, name, rule in checks:
             if not ok:
-                raise ValueError(f"NSFPConfig: {message}, got {self!r}")
+                raise ValueError(f"NSFPConfig: {name} {rule}, got {getattr(self, name)!r}")
 
     def resolved(self, device: str | torch.device = "cpu") -> "NSFPConfig":
         """This config with ``profile`` and ``max_iterations`` filled in for ``device`` (see ``profile``)."""
