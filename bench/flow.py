@@ -12,8 +12,8 @@ Parts (select with ``--only rigid,lidar,av2,accumulate``):
   |x|, |y| <= 50 m, static / dynamic apart) at 8,192 sampled points and at all points; NSFP with the
   known ego motion, zero flow, NN flow, and the ego-motion-only and ego+NN baselines, all in one run;
   the runtime per 8,192-point pair (target <= 30 s on CPU) with the device's default profile (``cpu``:
-  200 iterations), and the released schedule (``profile=paper``) next to it; at all points the field is fitted on
-  ``--all-points-fit`` sampled rows of each sweep, queried at every row (``nsfp``), then moving objects
+  200 iterations), and the released schedule (``profile=paper``) next to it; at all points the field
+  is fitted on ``--all-points-fit`` sampled rows of each sweep, queried at every row (``nsfp``), then moving objects
   are refined rigidly against the whole second sweep (``nsfp+rigid``, ``NSFPConfig.rigid``);
 - ``accumulate``: a synthetic 10-sweep sequence integrated to its middle frame by the fitted field
   (``trajectory``), then with the rigid refinement of moving objects (``trajectory_rigid``, the default

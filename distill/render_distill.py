@@ -296,7 +296,7 @@ def seed_occupancy(student, points: Tensor | None, *, dilation: int = SURFACE_DI
     until its own density has pruned the grid: cheap for a hash grid, minutes per step for an MLP. The
     teacher's depth says where the matter is; away from it the teacher shows background only. Within
     the limit the student's own updates prune as usual (its cells are not forced on: on lego, forcing
-    them on for the whole run cost instant-ngp 0.6 dB, as more samples per ray left fewer rays per step).
+    them on for the whole run cost instant-ngp 0.5 dB, as more samples per ray left fewer rays per step).
     Returns False (and does nothing) for a student without a grid or without points."""
     from omnifield.renderers.occupancy import OccupancyGrid
 

@@ -120,5 +120,7 @@ class NSFPConfig:
         profile = self.profile
         if profile == "auto":
             profile = "paper" if torch.device(device).type == "cuda" else "cpu"
-        cap = PAPER_MAX_ITERATIONS if profile == "paper" else CPU_MAX_ITERATIONS
-        return replace(self, profile=profile, max_iterations=cap if self.max_iterations is None else self.max_iterations)
+        cap = self.max_iterations
+        if cap is None:
+            cap = PAPER_MAX_ITERATIONS if profile == "paper" else CPU_MAX_ITERATIONS
+        return replace(self, profile=profile, max_iterations=cap)

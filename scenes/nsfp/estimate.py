@@ -6,7 +6,8 @@ Li, Kaesemodel Pontes, Lucey, "Neural Scene Flow Prior", NeurIPS 2021; the loop 
 ``P1'' = P1' - g(P1')`` and the loss adds ``chamfer(P1'', P1)``. Adam (lr 8e-3, weight decay 1e-4 in
 both parameter groups). Each iteration evaluates the loss at the current weights, keeps the flow if
 the loss is <= the best so far (the result is the lowest-loss iterate), asks the early stopper
-(patience 100, min_delta 1e-4), then steps.
+(patience 100, min_delta 1e-4), then steps. Up to 5,000 iterations (released), or 200 with the ``cpu``
+profile, the default on the CPU (:attr:`NSFPConfig.profile`).
 """
 
 from __future__ import annotations
