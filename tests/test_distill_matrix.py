@@ -41,14 +41,16 @@ TINY = {  # sizes for a 32x32 scene; the same for a method as teacher (trained f
     "3dgs": dict(profile="cpu", schedule_units="steps", sh_degree_every=50, densify_start=30, densify_every=30,
                  densify_stop=300, opacity_reset_every=10000, max_gaussians=4000, max_init_points=1500),
 }
+TEACHER_ONLY = {"nerf": dict(lr=2e-3, lr_final=1e-3)}  # from images at >= 3e-3 its density collapses to 0 (blank)
 TEACHER_STEPS = {"nerf": 600, "instant-ngp": 400, "tensorf": 600, "plenoxels": 400, "3dgs": 500}
 STUDENT_STEPS = {"nerf": 300, "instant-ngp": 400, "tensorf": 500, "plenoxels": 400, "3dgs": 400}
 METHODS = tuple(TINY)
 PAIRS = [(t, s) for t in METHODS for s in METHODS if not t == s == "3dgs"]
 
 
-def _overrides(method: str) -> tuple[str, ...]:
-    return tuple(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in TINY[method].items())
+def _overrides(method: str, teacher: bool = False) -> tuple[str, ...]:
+    values = {**TINY[method], **(TEACHER_ONLY.get(method, {}) if teacher else {})}
+    return tuple(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in values.items())
 
 
 def _quiet(steps: int) -> TrainerConfig:
@@ -81,7 +83,7 @@ def teachers(data):
         if method not in cache:
             spec = get_method(method)
             torch.manual_seed(0)
-            scene = spec.build(apply_overrides(spec.config_cls(), list(_overrides(method))), data)
+            scene = spec.build(apply_overrides(spec.config_cls(), list(_overrides(method, teacher=True))), data)
             Trainer(scene, data, _quiet(TEACHER_STEPS[method])).train()
             cache[method] = scene.eval()
             value = _held_out_psnr(cache[method], data)
