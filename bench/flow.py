@@ -97,7 +97,7 @@ def part_rigid(args) -> dict:
         t = np.array([rng.uniform(-1, 1), rng.uniform(-0.3, 0.3), rng.uniform(-0.05, 0.05)])
         p2 = (p1 @ rot.T + t).astype(np.float32)
         frame = PointCloudFrame(points=p1, flow=p2 - p1)
-        est = estimate_flow(p1, p2[rng.permutation(n)], nsfp_config(args))
+        est = estimate_flow(p1, p2[rng.permutation(n)], nsfp_config(args), device=args.device)
         runtime.append(est.runtime_s)
         results["nsfp"].append(_score(est.flow, frame))
         results["zero"].append(_score(zero_flow(p1, p2), frame))
@@ -112,7 +112,8 @@ def part_lidar(args) -> dict:
 
     seq = synth_sequence(args)
     points = 2048 if args.quick else 8192
-    r = evaluate_sequence(seq, nsfp_config(args), points=points, baselines=True, max_pairs=3, ground="labels")
+    r = evaluate_sequence(seq, nsfp_config(args), points=points, baselines=True, max_pairs=3, ground="labels",
+                          device=args.device)
     return {"pairs": r["pairs"], "points": points, "methods": _methods(r)}
 
 
@@ -151,7 +152,7 @@ def part_av2(args) -> dict:
             ("all-paper", None, {"fit_points": args.all_points_fit, "rigid.enabled": "true", "profile": "paper"}),
         ]
     for key, points, extra in settings:
-        r = evaluate_sequence(seq, nsfp_config(args, **extra), points=points, baselines=True)
+        r = evaluate_sequence(seq, nsfp_config(args, **extra), points=points, baselines=True, device=args.device)
         out["settings"][key] = {"points": r["n_points"], "methods": _methods(r), "profile": r["config"]["profile"]}
     return out
 
@@ -169,7 +170,7 @@ def part_accumulate(args) -> dict:
     if args.quick:
         config = apply_overrides(config, ["max_iterations=150", "points_per_frame=1024"])
     config = apply_overrides(config, list(args.traj_set or []))
-    ours = accumulate(seq, config)
+    ours = accumulate(seq, config, device=args.device)
     base = accumulate_ego_only(seq, ref=ours.ref)
     true = np.concatenate([true_positions(seq, k, ours.ref) for k in range(len(seq))])
     dyn = np.concatenate([f.dynamic for f in seq.frames])
@@ -211,17 +212,21 @@ def print_tables(results: dict) -> None:
         return "-" if v is None or (isinstance(v, float) and np.isnan(v)) else format(v, fmt)
 
     flow_rows = []
+    def on(part: str) -> str:  # where NSFP ran, when not on the CPU
+        device = parts[part].get("device", "cpu")
+        return "" if device == "cpu" else f", on {device}"
+
     for part, label in (("rigid", "synthetic rigid pairs"), ("lidar", "synthetic lidar pairs")):
         if part in parts and "methods" in parts[part]:
-            flow_rows.append((f"{label} ({parts[part]['points']} pts)", parts[part]["methods"]))
+            flow_rows.append((f"{label} ({parts[part]['points']} pts{on(part)})", parts[part]["methods"]))
     if "av2" in parts and "settings" in parts["av2"]:
         for key, s in parts["av2"]["settings"].items():
-            label = f"AV2 pair, {key.split('-')[0]} non-ground pts ({s['points']}), {s.get('profile', '?')} profile"
+            label = f"AV2 pair, {key.split('-')[0]} non-ground pts ({s['points']}), {s.get('profile', '?')} profile{on('av2')}"
             flow_rows.append((label, s["methods"]))
     elif "av2" in parts:
         console.print(f"av2: {parts['av2'].get('skipped')}")
     if flow_rows:
-        t = Table(title=f"scene flow: NSFP vs baselines (CPU, {threads} torch thread(s))")
+        t = Table(title=f"scene flow: NSFP vs baselines ({threads} torch CPU thread(s))")
         for col in ("data", "method", "EPE3D all", "EPE3D static", "EPE3D dyn", "Acc3DS", "Acc3DR", "Outliers",
                     "angle rad", "runtime s"):
             t.add_column(col, justify="left" if col in ("data", "method") else "right")
@@ -251,6 +256,8 @@ def main(argv=None) -> dict:
     p.add_argument("--only", default=",".join(PARTS), help="comma-separated parts: " + ",".join(PARTS))
     p.add_argument("--quick", action="store_true", help="fewer iterations and points (smoke run)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--device", default="cpu", help="where NSFP fits (cpu or cuda; default cpu). With cuda the "
+                   "default profile is the released schedule")
     p.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE", help="NSFPConfig overrides")
     p.add_argument("--traj-set", nargs="+", action="extend", metavar="KEY=VALUE", help="TrajectoryConfig overrides")
     p.add_argument("--all-points-fit", type=int, default=8192,
@@ -278,6 +285,7 @@ def main(argv=None) -> dict:
                 res["part_seconds"] = time.perf_counter() - t0
                 res["quick"] = args.quick
                 res["threads"] = torch.get_num_threads()
+                res["device"] = args.device
                 results = save_part(args.out, name, res)  # after every part, so a long run keeps what it measured
     finally:
         if tmp is not None:

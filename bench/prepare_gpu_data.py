@@ -1,7 +1,9 @@
 """Copy what the GPU benchmarks read into ``gpu_data/`` (git-ignored), for a GPU machine that gets only the tree.
 
 ``bench/gpu.py`` trains instant-ngp on lego (``gpu_data/lego``: ``transforms_train.json`` and the
-100 training PNGs, ~42 MB); ``bench/gpu_gaussians.py`` makes its Gaussians itself and reads nothing.
+100 training PNGs, ~42 MB); ``bench/gpu_gaussians.py`` makes its Gaussians itself and reads nothing;
+``OMNIFIELD_SHARED_DATA=gpu_data bench/flow.py --only av2 --device cuda`` reads the Argoverse 2 pair
+(``gpu_data/av2_flow_pair/pair.npz``, 2.2 MB).
 The copy is checked to stay under ``--limit-mib`` (60 MiB: the device tool carries 64 MiB in all).
 Prints the ``carry`` list to pass with the command. Without ``../shared/data`` (or
 ``$OMNIFIELD_SHARED_DATA``) it says so and exits 0 with nothing copied.
@@ -22,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import shared_data_root  # noqa: E402  (sibling benchmark module)
 
 #: dataset folder -> the files bench/gpu.py reads from it (globs relative to the folder)
-NEEDED: dict[str, tuple[str, ...]] = {"lego": ("transforms_train.json", "train/*.png")}
+NEEDED: dict[str, tuple[str, ...]] = {"lego": ("transforms_train.json", "train/*.png"),
+                                       "av2_flow_pair": ("pair.npz",)}
 
 
 def files_to_copy(root: Path) -> list[tuple[Path, Path]]:

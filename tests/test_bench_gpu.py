@@ -100,6 +100,9 @@ def test_prepare_gpu_data_copies_lego_or_skips(tmp_path, monkeypatch):
     if prep.shared_data_root() is None or not (prep.shared_data_root() / "lego").is_dir():
         pytest.skip("../shared/data/lego is absent")
     result = prep.prepare(tmp_path / "gpu_data")
-    assert result["bytes"] < 60 * 2**20 and result["files"] == 101
+    source_pair = prep.shared_data_root() / "av2_flow_pair" / "pair.npz"
+    assert result["bytes"] < 60 * 2**20 and result["files"] == 101 + source_pair.is_file()
     assert (tmp_path / "gpu_data" / "lego" / "transforms_train.json").is_file()
+    if source_pair.is_file():  # what bench/flow.py --device cuda reads there
+        assert (tmp_path / "gpu_data" / "av2_flow_pair" / "pair.npz").read_bytes() == source_pair.read_bytes()
     assert prep.prepare(tmp_path / "gpu_data")["copied"] == 0  # already there

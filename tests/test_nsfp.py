@@ -49,6 +49,17 @@ def test_recovers_rigid_motion(cycle):
     assert flow_metrics(nn_flow(p1, p2), gt)["epe3d"] > 2 * m["epe3d"]
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (NSFP on the GPU against the CPU)")
+@pytest.mark.parametrize("loss", ["chamfer", "dt"])
+def test_the_gpu_fit_recovers_the_motion_as_the_cpu_fit_does(loss):
+    p1, p2, gt = rigid_pair()
+    config = NSFPConfig(**SMALL, loss=loss, dt_voxel=0.05, cycle=loss == "chamfer")
+    gpu, cpu = estimate_flow(p1, p2, config, device="cuda"), estimate_flow(p1, p2, config, device="cpu")
+    assert isinstance(gpu.flow, np.ndarray) and gpu.flow.shape == p1.shape
+    m_gpu, m_cpu = flow_metrics(gpu.flow, gt), flow_metrics(cpu.flow, gt)
+    assert m_gpu["epe3d"] < 0.08 and m_gpu["epe3d"] < 2 * m_cpu["epe3d"] + 0.01, (m_gpu, m_cpu)
+
+
 def test_recovers_rigid_motion_with_distance_transform():
     p1, p2, gt = rigid_pair()
     est = estimate_flow(p1, p2, NSFPConfig(**SMALL, loss="dt", dt_voxel=0.05, cycle=False))
