@@ -79,6 +79,8 @@ def cmd_train(args) -> int:
         trainer["progress"] = False
     kwargs = dict(out=args.out, downscale=args.downscale, scene_overrides=args.set or [],
                   trainer_overrides=trainer, resume=args.resume, device=args.device)
+    if args.max_frames is not None or args.frame_stride != 1:
+        kwargs.update(max_frames=args.max_frames, frame_stride=args.frame_stride)
     if args.view:
         if (code := _require_viewer()) is not None:
             return code
@@ -468,6 +470,10 @@ def _add_train_command(sub, parents) -> None:
     p.add_argument("--data", help="dataset folder (on --resume: defaults to the run's data)")
     p.add_argument("--out", help="run directory (default runs/<data>-<method>-<time>)")
     p.add_argument("--downscale", type=_positive_int, help="image downscale factor (default 1)")
+    p.add_argument("--max-frames", type=_positive_int,
+                   help="multi-view video (N3V): keep at most this many frames of each video (the first ones)")
+    p.add_argument("--frame-stride", type=_positive_int, default=1,
+                   help="multi-view video (N3V): keep every N-th frame (default 1)")
     p.add_argument("--max-steps", type=_positive_int, help="optimiser steps of the run")
     p.add_argument("--max-minutes", type=float, help="wall-clock budget in minutes (stops cleanly)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")

@@ -20,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from omnifield.errors import DataError
+from omnifield.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     from omnifield.datasets.scene_data import SceneData
@@ -72,6 +72,8 @@ def load_scene(
     background=(1.0, 1.0, 1.0),
     holdout_every: int = 8,
     format: str | None = None,
+    max_frames: int | None = None,
+    frame_stride: int = 1,
 ) -> SceneData:
     """Load any supported dataset into a :class:`SceneData` (cameras in OpenCV axes, normalised world).
 
@@ -81,6 +83,8 @@ def load_scene(
         background: RGB in [0, 1] that RGBA images are composited on.
         holdout_every: without dataset splits, every n-th frame is test (and val).
         format: force one of :data:`FORMATS` instead of detecting it.
+        max_frames, frame_stride: multi-view video (``n3v``) only: every ``frame_stride``-th frame of
+            each video, at most ``max_frames`` of them (the first ones); ValueError for other formats.
     """
     from omnifield.datasets import blender, colmap, dtu, llff, n3v, transforms_json
 
@@ -88,6 +92,8 @@ def load_scene(
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     kw = dict(downscale=downscale, background=background, holdout_every=holdout_every)
+    if fmt != "n3v" and (max_frames is not None or frame_stride != 1):
+        raise ConfigError(f"max_frames and frame_stride apply to multi-view video (n3v), not to {fmt} data", path)
     if fmt in ("blender", "dnerf"):
         data = blender.load_blender(path, **kw)
     elif fmt in ("ngp", "nerfstudio"):
@@ -97,7 +103,19 @@ def load_scene(
     elif fmt == "llff":
         data = llff.load_llff(path, **kw)
     elif fmt == "n3v":
-        data = n3v.load_n3v(path, **kw)
+        data = n3v.load_n3v(path, max_frames=max_frames, frame_stride=frame_stride, **kw)
     else:
         data = dtu.load_dtu(path, **kw)
     return data
+
+
+def recorded_frame_options(metadata: dict | None) -> dict:
+    """The ``max_frames`` / ``frame_stride`` that data was loaded with (from its metadata, as a run
+    records it), as keyword arguments of :func:`load_scene`: empty for data other than video."""
+    metadata = metadata or {}
+    out = {}
+    if metadata.get("frame_stride") is not None:
+        out["frame_stride"] = int(metadata["frame_stride"])
+    if metadata.get("max_frames") is not None:
+        out["max_frames"] = int(metadata["max_frames"])
+    return out

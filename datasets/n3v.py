@@ -286,6 +286,7 @@ def load_n3v(path, *, downscale: int = 1, background=(1.0, 1.0, 1.0), holdout_ev
             "frames_per_video": n_frames,
             "video_frames": infos[0].frames,
             "frame_stride": int(frame_stride),
+            "max_frames": None if max_frames is None else int(max_frames),
             "fps": fps,
             "test_camera": videos[0].name,
             "frame_cache": str(frames.folder),

@@ -498,10 +498,11 @@ class Run:
         ``path`` may be another folder whose cameras are in the same original coordinates as the
         training data. ``split``, when given, must exist in it (DataError otherwise).
         """
-        from omnifield.datasets.load import load_scene
+        from omnifield.datasets.load import load_scene, recorded_frame_options
 
         folder = Path(path) if path is not None else self.data_path
-        data = load_scene(folder, downscale=downscale or self.downscale, background=self.background)
+        frames = recorded_frame_options(self.info.metadata if self.info is not None else None)  # video runs
+        data = load_scene(folder, downscale=downscale or self.downscale, background=self.background, **frames)
         data = data.with_world(self.world_from_dataset, self.scene_box)
         if split is not None:
             data.split(split)

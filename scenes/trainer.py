@@ -535,6 +535,8 @@ def build_trainer(
     trainer_overrides: dict | None = None,
     resume: bool = False,
     device: str = "auto",
+    max_frames: int | None = None,
+    frame_stride: int = 1,
 ) -> Trainer:
     """The :class:`Trainer` for ``method`` on the dataset at ``data_path``, ready to ``train()``.
 
@@ -542,6 +544,8 @@ def build_trainer(
     ``trainer_overrides`` are TrainerConfig fields. With ``resume`` the run at ``out`` is loaded
     with its stored configs (trainer overrides such as max_steps still apply) and its last
     checkpoint restored. Used by ``omnifield train`` and by the viewer's live training.
+    ``max_frames`` / ``frame_stride`` choose the frames of multi-view video data (see
+    :func:`~omnifield.datasets.load.load_scene`); the run records them, and eval, render and resume reuse them.
     """
     from omnifield.datasets.load import load_scene
     from omnifield.scenes.registry import get_method
@@ -557,8 +561,9 @@ def build_trainer(
         run = runs.load_run(out, device=dev, expect_method=method)
         if downscale is not None and downscale != run.downscale:
             raise ConfigError(f"the run was trained with --downscale {run.downscale}, not {downscale}", out)
-        data = load_scene(data_path or run.data_path, downscale=run.downscale, background=run.background)
-        data = data.with_world(run.world_from_dataset, run.scene_box)
+        if max_frames is not None or frame_stride != 1:
+            raise ConfigError("--max-frames and --frame-stride cannot change the frames of an existing run")
+        data = run.load_data(data_path)  # the frames it was trained on (a video run records them)
         trainer = Trainer(run.scene, data, replace(run.trainer_config, **trainer_overrides), out,
                           downscale=run.downscale, method=method)
         trainer.resume()
@@ -570,7 +575,7 @@ def build_trainer(
         raise ConfigError("already holds a run; pass --resume to continue it or choose another --out", out)
     scene_config = apply_overrides(spec.config_cls(), list(scene_overrides))
     trainer_config = TrainerConfig(**trainer_overrides)
-    data = load_scene(data_path, downscale=downscale or 1)
+    data = load_scene(data_path, downscale=downscale or 1, max_frames=max_frames, frame_stride=frame_stride)
     torch.manual_seed(trainer_config.seed)
     scene = spec.build(scene_config, data).to(dev)
     return Trainer(scene, data, trainer_config, out, downscale=downscale or 1, method=method)

@@ -192,3 +192,32 @@ def test_bad_options(n3v):
         load_n3v(n3v, frame_stride=0)
     with pytest.raises(ValueError, match="max_frames"):
         load_n3v(n3v, max_frames=0)
+
+
+def test_a_run_keeps_the_frames_it_was_trained_on(n3v, tmp_path, capsys):
+    """--max-frames / --frame-stride reach the loader, the run records them, and eval / resume reload
+    exactly those frames; other formats refuse them."""
+    out = tmp_path / "run"
+    small = ["profile=cpu", "sh_degree=0", "n_time=1", "num_random_points=50"]
+    args = ["train", "4dgs", "--data", str(n3v), "--out", str(out), "--max-steps", "1", "--max-frames", "2",
+            "--frame-stride", "2", "--eval-every", "0", "--no-progress", "--threads", "1", "--set", *small]
+    assert main(args) == 0, capsys.readouterr().err
+    from omnifield.scenes.runs import load_run
+
+    run = load_run(out)
+    assert run.info.time_range == pytest.approx((0.0, 2 / FPS))
+    data = run.load_data()
+    assert len(data) == N_CAMS * 2 and data.cameras.times.unique().tolist() == pytest.approx([0.0, 1.0])
+    top, _ = block_means(data.images.rgb(1 * 2 + 1))  # camera 1, kept frame 1 = video frame 2
+    np.testing.assert_allclose(top, colours(1, 2)[0], atol=VIDEO_ATOL)
+    capsys.readouterr()
+    assert main(["train", "4dgs", "--out", str(out), "--resume", "--max-steps", "2", "--no-progress",
+                 "--threads", "1"]) == 0, capsys.readouterr().err
+    assert main(["train", "4dgs", "--out", str(out), "--resume", "--max-frames", "3", "--no-progress"]) == 2
+    assert "--max-frames" in capsys.readouterr().err
+    args = ["train", "4dgs", "--data", str(n3v / "poses_bounds.npy"), "--out", str(tmp_path / "llff"), "--max-frames", "2"]
+    for p in n3v.glob("cam*.mp4"):  # without videos the folder is LLFF: no frames to choose
+        p.unlink()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "n3v" in err and "llff" in err and "poses_bounds.npy" in err, err
