@@ -106,3 +106,16 @@ def test_prepare_gpu_data_copies_lego_or_skips(tmp_path, monkeypatch):
     if source_pair.is_file():  # what bench/flow.py --device cuda reads there
         assert (tmp_path / "gpu_data" / "av2_flow_pair" / "pair.npz").read_bytes() == source_pair.read_bytes()
     assert prep.prepare(tmp_path / "gpu_data")["copied"] == 0  # already there
+
+
+def test_the_gpu_session_script_parses_and_names_files_that_exist():
+    import re
+    import shutil
+
+    script = REPO / "bench" / "gpu_session.sh"
+    if shutil.which("bash") is None:
+        pytest.skip("no bash")
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    named = set(re.findall(r"(?:bench|tests)/[\w/]+\.py", script.read_text()))
+    assert {"bench/gpu.py", "bench/gpu_gaussians.py", "bench/flow.py", "tests/test_nsfp.py"} <= named
+    assert all((REPO / path).is_file() for path in named), named
