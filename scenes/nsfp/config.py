@@ -46,10 +46,10 @@ class NSFPConfig:
     ``cpu``: 200)."""
     profile: str = "auto"
     """``paper``: the released schedule (up to 5,000 iterations, early stopping). ``cpu``: the same
-    optimisation capped at :data:`CPU_MAX_ITERATIONS` iterations, for about 30 s per 8,192-point pair on
-    2 CPU threads (the released schedule runs about 460 iterations, 65 s, on the Argoverse 2 pair,
-    for an end-point error 0.003 m lower). ``auto``: ``paper`` on a GPU, ``cpu`` on the CPU (by the
-    device the flow is fitted on). Ours."""
+    optimisation capped at :data:`CPU_MAX_ITERATIONS` iterations, for 27-30 s per 8,192-point pair on
+    2 CPU threads (on the Argoverse 2 pair the released schedule ran 489 iterations, 62 s, for the
+    same overall end-point error and a lower one on moving points, 0.31 m against 0.38 m). ``auto``:
+    ``paper`` on a GPU, ``cpu`` on the CPU (by the device the flow is fitted on). Ours."""
     patience: int = 100
     """Early stopping: stop after this many iterations without a loss below best - ``min_delta``
     (released ``--early_patience 100``, ``utils.EarlyStopping``)."""
