@@ -32,6 +32,7 @@ import re
 import sys
 import sysconfig
 import threading
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,10 @@ CPU_SOURCES: dict[str, tuple[str, ...]] = {
 # Portable flags (no -march=native: the cached library must run on any CPU of the machine kind).
 CFLAGS: tuple[str, ...] = ("-O3", "-fopenmp")
 LDFLAGS: tuple[str, ...] = ("-fopenmp",)
+
+STALE_LOCK_S = 300.0
+"""torch's build lock (``<build dir>/lock``) older than this is taken as left by a killed build and
+removed (a build of ours takes 35-90 s); torch itself would wait for it forever."""
 
 DISABLE_ENV = "OMNIFIELD_NO_NATIVE"
 CACHE_ENV = "OMNIFIELD_CACHE"
@@ -175,10 +180,34 @@ def _compile(name: str, what: str, sources: list[Path], directory: Path, module_
     from torch.utils import cpp_extension  # deferred: importing it is slow and probes compilers
 
     directory.mkdir(parents=True, exist_ok=True)
+    clear_stale_lock(directory)
     if not any(directory.glob(f"{module_name}*.so")):
         print(f"omnifield: compiling the {what} {name!r} (once; cached in {directory})", file=sys.stderr)
     return cpp_extension.load(name=module_name, sources=[str(s) for s in sources], build_directory=str(directory),
                               verbose=False, **flags)
+
+
+def clear_stale_lock(directory: Path, stale_after: float = STALE_LOCK_S, poll_s: float = 1.0) -> bool:
+    """Wait while another process holds torch's build lock in ``directory``; remove the lock once it is
+    ``stale_after`` seconds old (an interrupted build leaves it behind, and ``cpp_extension.load`` waits
+    for it forever). Returns True when a stale lock was removed (said once on stderr)."""
+    lock = directory / "lock"
+    said = False
+    while True:
+        try:
+            age = time.time() - lock.stat().st_mtime
+        except FileNotFoundError:
+            return False
+        if age >= stale_after:
+            lock.unlink(missing_ok=True)
+            print(f"omnifield: removed a stale build lock ({lock}, {age:.0f} s old: an interrupted build)",
+                  file=sys.stderr)
+            return True
+        if not said:
+            print(f"omnifield: waiting for another process building in {directory} (a lock older than "
+                  f"{stale_after:.0f} s is removed)", file=sys.stderr)
+            said = True
+        time.sleep(poll_s)
 
 
 _DIAGNOSTIC = ("error", "not found", "fatal", "no such file", "required", "undefined reference")

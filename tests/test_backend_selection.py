@@ -108,3 +108,24 @@ def test_half_table_reads_rounded_values_and_trains_the_float32_master(fresh, ba
     # the table gradient comes back in the table's dtype (half: 11 bits), then reaches the float32 master
     torch.testing.assert_close(enc.table.grad, want, rtol=1e-3, atol=1e-5)
     torch.testing.assert_close(enc.table.grad, want.half().float(), rtol=1e-5, atol=1e-7)
+
+
+def test_a_build_lock_left_by_a_killed_build_is_removed_and_a_live_one_is_waited_for(tmp_path, capsys):
+    import os
+    import threading
+    import time
+
+    from omnifield.cuda.native import clear_stale_lock
+
+    assert clear_stale_lock(tmp_path) is False  # no lock: nothing to do
+    lock = tmp_path / "lock"
+    lock.touch()
+    old = time.time() - 1000.0
+    os.utime(lock, (old, old))  # what torch's FileBaton leaves when its process is killed mid-build
+    assert clear_stale_lock(tmp_path, stale_after=300.0) is True
+    assert not lock.exists() and "stale build lock" in capsys.readouterr().err
+    lock.touch()  # a live build: waited for until its process removes the lock, which is not touched
+    threading.Timer(0.3, lock.unlink).start()
+    start = time.perf_counter()
+    assert clear_stale_lock(tmp_path, stale_after=300.0, poll_s=0.05) is False
+    assert time.perf_counter() - start >= 0.25 and "waiting for another process" in capsys.readouterr().err
