@@ -279,6 +279,5 @@ def main(argv=None) -> dict:
     return results
 
 
-
 if __name__ == "__main__":
     main()

@@ -144,6 +144,7 @@ def composite_rays(sigmas, values, t_starts, t_ends, ray_indices, packed_info, e
 packed_info_from_ray_indices = _comp.packed_info_from_ray_indices
 packed_exclusive_cumsum = _comp.packed_exclusive_cumsum
 cell_points = _occ.cell_points
+cell_indices = _occ.cell_indices
 occupancy_binarize = _occ.occupancy_binarize
 spatial_hash = _hash.spatial_hash
 

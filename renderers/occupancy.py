@@ -47,16 +47,10 @@ class OccupancyGrid(nn.Module):
         that contains it, the rule of the sampler), grown by ``dilation`` cells in every direction.
         Points outside the coarsest level are ignored."""
         g = self.resolution
-        box = self.aabb.to(points.device)
-        centre, half = 0.5 * (box[0] + box[1]), 0.5 * (box[1] - box[0])
-        u = (points.to(box.dtype) - centre) / half  # level 0 is [-1, 1]^3
-        level = torch.ceil(torch.log2(u.abs().amax(dim=-1).clamp_min(1e-12))).clamp_min(0).long()
-        keep = torch.isfinite(u).all(-1) & (level < self.levels)
-        u, level = u[keep], level[keep]
-        ijk = ((u / torch.exp2(level.to(u.dtype))[:, None] + 1.0) * 0.5 * g).floor().long().clamp(0, g - 1)
-        flat = ((level * g + ijk[:, 0]) * g + ijk[:, 1]) * g + ijk[:, 2]
+        points = points.to(device=self.aabb.device, dtype=self.aabb.dtype)
+        flat, inside = ops.cell_indices(points, self.levels, g, self.aabb)  # the sampler's own rule
         mask = torch.zeros(self.levels * g**3, dtype=torch.bool, device=points.device)
-        mask[flat] = True
+        mask[flat[inside & torch.isfinite(points).all(-1)]] = True
         mask = mask.view(self.levels, g, g, g)
         if dilation > 0:
             k = 2 * int(dilation) + 1

@@ -14,9 +14,10 @@ from torch import Tensor
 from .compositing import packed_info_from_ray_indices
 
 
-def grid_lookup(points: Tensor, binaries: Tensor, aabb: Tensor) -> Tensor:
-    """Occupancy ``[N]`` bool of world ``points [N, 3]`` in a cascaded grid ``binaries [Lv, G, G, G]``."""
-    levels, res = binaries.shape[0], binaries.shape[1]
+def cell_indices(points: Tensor, levels: int, res: int, aabb: Tensor) -> tuple[Tensor, Tensor]:
+    """The cell of each world point ``[N, 3]`` in a cascade of ``levels`` grids of ``res^3``: ``(flat [N]
+    long, level * G^3 + (ix * G + iy) * G + iz, of the finest level whose box holds the point; inside [N]
+    bool, False outside the coarsest box)``. Outside points get a valid index of the coarsest level."""
     box = aabb.reshape(2, 3).to(points)
     centre, half = 0.5 * (box[0] + box[1]), 0.5 * (box[1] - box[0])
     u = (points - centre) / half  # level-0 box is [-1, 1]^3
@@ -26,7 +27,12 @@ def grid_lookup(points: Tensor, binaries: Tensor, aabb: Tensor) -> Tensor:
     level = level.clamp(max=levels - 1)
     scale = torch.exp2(level.to(points.dtype))[:, None]
     g = ((u / scale + 1.0) * 0.5 * res).floor().long().clamp(0, res - 1)
-    flat = ((level * res + g[:, 0]) * res + g[:, 1]) * res + g[:, 2]
+    return ((level * res + g[:, 0]) * res + g[:, 1]) * res + g[:, 2], inside
+
+
+def grid_lookup(points: Tensor, binaries: Tensor, aabb: Tensor) -> Tensor:
+    """Occupancy ``[N]`` bool of world ``points [N, 3]`` in a cascaded grid ``binaries [Lv, G, G, G]``."""
+    flat, inside = cell_indices(points, binaries.shape[0], binaries.shape[1], aabb)
     return binaries.reshape(-1)[flat] & inside
 
 
