@@ -17,7 +17,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 from typing import NamedTuple
@@ -70,18 +69,14 @@ class Toolchain(NamedTuple):
 
 
 def probe_toolchain() -> Toolchain:
-    """Import torch (if it can be) and find nvcc the way torch's extension builder does."""
+    """Import torch (if it can be) and find the CUDA toolkit as the just-in-time builds do
+    (``native.find_cuda_toolkit``: torch's rule, repaired for an ``nvcc`` wrapper script on ``PATH``)."""
     try:
         import torch
     except Exception as exc:  # noqa: BLE001 - ImportError, or a broken install: nothing to build
         return Toolchain(None, f"{type(exc).__name__}: {exc}", None, None)
-    nvcc = None
-    if torch.version.cuda is not None:
-        from torch.utils.cpp_extension import CUDA_HOME
-
-        if CUDA_HOME and os.path.isfile(os.path.join(CUDA_HOME, "bin", "nvcc")):
-            nvcc = os.path.join(CUDA_HOME, "bin", "nvcc")
-    return Toolchain(torch.__version__, None, torch.version.cuda, nvcc or (shutil.which("nvcc") if torch.version.cuda else None))
+    nvcc = load_native().find_cuda_toolkit().nvcc if torch.version.cuda is not None else None
+    return Toolchain(torch.__version__, None, torch.version.cuda, nvcc)
 
 
 def should_build(mode: str, tools: Toolchain) -> tuple[bool, str]:
@@ -136,7 +131,10 @@ def manifest(native, op: str, kind: str) -> dict:
 
 def make_extensions(native) -> list:
     """torch ``CppExtension`` / ``CUDAExtension`` objects for :func:`extension_specs` (needs torch)."""
+    from torch.utils import cpp_extension
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
+
+    native.use_cuda_toolkit(cpp_extension)  # CUDAExtension takes its include and library folders from it
 
     extensions = []
     for spec in extension_specs(native):

@@ -134,14 +134,6 @@ def _first_line(cmd: list[str]) -> str:
     return lines[0] if lines else "(no output)"
 
 
-def nvcc_path() -> str | None:
-    """nvcc as torch's extension builder finds it (``$CUDA_HOME/bin/nvcc``), else on ``$PATH``."""
-    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
-    if home and os.path.isfile(os.path.join(home, "bin", "nvcc")):
-        return os.path.join(home, "bin", "nvcc")
-    return shutil.which("nvcc")
-
-
 def compiler_path() -> tuple[str, str | None]:
     """``($CXX or "c++", its resolved path or None)``: the host compiler torch's builds call."""
     name = os.environ.get("CXX") or "c++"
@@ -161,7 +153,8 @@ def environment_rows() -> list[Row]:
     """torch, CUDA, nvcc, C++ compiler, ninja, tinycudann, caches and the relevant variables."""
     from omnifield.cuda import tcnn_backend
 
-    nvcc = nvcc_path()
+    kit = native.find_cuda_toolkit()
+    nvcc = kit.nvcc
     cxx, cxx_path = compiler_path()
     tcnn_why = tcnn_backend.unavailable_reason()
     prebuilt = sorted(p.name for p in native.PREBUILT_DIR.glob("*") if p.suffix != ".json") \
@@ -172,7 +165,7 @@ def environment_rows() -> list[Row]:
         Row("torch.version.cuda", str(torch.version.cuda), "" if torch.version.cuda else "CPU-only torch build"),
         _device_row(),
         Row("nvcc", f"{nvcc}: {_first_line([nvcc, '--version'])}" if nvcc else "not found",
-            "" if nvcc else "set CUDA_HOME or put nvcc on PATH to build the CUDA kernels"),
+            f"toolkit from {kit.how}" if nvcc else kit.how),
         Row("C++ compiler", f"{cxx_path}: {_first_line([cxx_path, '--version'])}" if cxx_path else f"{cxx}: not found"),
         Row("ninja", shutil.which("ninja") or "not found", "" if shutil.which("ninja") else "needed by just-in-time builds"),
         Row("tinycudann", "importable" if tcnn_why is None else "unavailable", tcnn_why or ""),
@@ -250,8 +243,9 @@ def _cuda_state(name: str) -> tuple[str, str]:
     cached = native.cached_library(name, "cuda")
     if cached is not None:
         return CUDA, f"built, cached in {cached.parent}{stale}"
-    if nvcc_path() is None:
-        return REFERENCE, f"nvcc not found: the build on first use will fail and the reference runs{stale}"
+    kit = native.find_cuda_toolkit()
+    if kit.home is None:
+        return REFERENCE, f"{kit.how}: the build on first use will fail and the reference runs{stale}"
     return CUDA, f"not built yet: builds on first use (cache {native.cuda_build_directory(name)}){stale}"
 
 

@@ -29,6 +29,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import sys
 import sysconfig
 import threading
@@ -325,6 +326,88 @@ def cuda_unavailable_reason() -> str | None:
     return None
 
 
+CUDA_HEADER = os.path.join("include", "cuda_runtime.h")
+#: Where a CUDA toolkit is looked for when neither $CUDA_HOME nor the nvcc on PATH names one ({version}:
+#: torch's CUDA version).
+SYSTEM_TOOLKITS: tuple[str, ...] = ("/usr/local/cuda-{version}", "/usr/local/cuda")
+
+
+@dataclass(frozen=True)
+class Toolkit:
+    """The CUDA toolkit a build uses: its folder (``None``: none usable) and how it was found, or why not."""
+
+    home: str | None
+    how: str
+
+    @property
+    def nvcc(self) -> str | None:
+        return os.path.join(self.home, "bin", "nvcc") if self.home else None
+
+
+def _named_toolkits(nvcc: str) -> list[str]:
+    """Toolkit folders an ``nvcc`` on ``PATH`` leads to: the one of its resolved path and, for a small
+    wrapper script (``exec /usr/local/cuda-13.0/bin/nvcc "$@"``), the ones of the nvcc paths it names."""
+    real = os.path.realpath(nvcc)
+    found = [os.path.dirname(os.path.dirname(real))]
+    try:
+        with open(real, "rb") as f:
+            head = f.read(4097)
+    except OSError:
+        return found
+    if len(head) <= 4096 and b"\0" not in head:  # a script, not the compiler itself
+        found += re.findall(r"(/[^\s'\"]*)/bin/nvcc\b", head.decode("utf-8", "replace"))
+    return found
+
+
+def find_cuda_toolkit(environ=os.environ, which=shutil.which, cuda_version: str | None = None) -> Toolkit:
+    """The CUDA toolkit to build with, found as torch's extension builder finds it, with one repair.
+
+    torch takes ``$CUDA_HOME`` (or ``$CUDA_PATH``), else the folder above the first ``nvcc`` on ``PATH``,
+    else ``/usr/local/cuda``. A ``$CUDA_HOME`` set by the user is taken as given, but must hold
+    ``include/cuda_runtime.h``. Where the ``nvcc`` on ``PATH`` is a wrapper (``/usr/local/bin/nvcc`` running
+    ``/usr/local/cuda-13.0/bin/nvcc``: seen on this project's machines), torch takes ``/usr/local``, which has
+    no CUDA headers, and every host file of the build fails on ``cuda_runtime.h``; so the folder must hold
+    the headers, else the first of the wrapper's resolved and named toolkits and :data:`SYSTEM_TOOLKITS`
+    that does is taken. Without nvcc on ``PATH``, the first of :data:`SYSTEM_TOOLKITS`."""
+    def usable(home: str) -> bool:
+        return os.path.isfile(os.path.join(home, CUDA_HEADER)) and os.path.isfile(os.path.join(home, "bin", "nvcc"))
+
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        home = environ.get(var)
+        if home:
+            if usable(home):
+                return Toolkit(home, f"${var}")
+            return Toolkit(None, f"${var}={home} is not a CUDA toolkit (it lacks bin/nvcc or {CUDA_HEADER})")
+    nvcc = which("nvcc")
+    cuda_version = cuda_version if cuda_version is not None else torch.version.cuda
+    system = [f.format(version=cuda_version) for f in SYSTEM_TOOLKITS if cuda_version or "{" not in f]
+    if nvcc is not None:
+        beside = os.path.dirname(os.path.dirname(nvcc))
+        if usable(beside):
+            return Toolkit(beside, f"nvcc on PATH ({nvcc})")
+        candidates = [*_named_toolkits(nvcc), *system]
+        for home in dict.fromkeys(candidates):
+            if usable(home):
+                return Toolkit(home, f"{home}: the nvcc on PATH ({nvcc}) is outside a toolkit, {beside} has no CUDA headers")
+        return Toolkit(None, f"nvcc on PATH ({nvcc}), but no CUDA headers ({CUDA_HEADER}) in {beside} or "
+                             f"{', '.join(dict.fromkeys(candidates))}: set CUDA_HOME to the CUDA toolkit folder")
+    for home in system:
+        if usable(home):
+            return Toolkit(home, home)
+    return Toolkit(None, "nvcc not found: set CUDA_HOME to a CUDA toolkit"
+                         + (f" matching torch.version.cuda ({cuda_version})" if cuda_version else ""))
+
+
+def use_cuda_toolkit(cpp_extension) -> Toolkit:
+    """Point torch's extension builder (``cpp_extension.CUDA_HOME``) at :func:`find_cuda_toolkit`'s folder;
+    raises ``RuntimeError`` with the reason when there is none."""
+    kit = find_cuda_toolkit()
+    if kit.home is None:
+        raise RuntimeError(kit.how)
+    cpp_extension.CUDA_HOME = kit.home
+    return kit
+
+
 def load_cuda_extension(name: str) -> ModuleType | None:
     """The compiled CUDA extension of op ``name`` (e.g. ``"gaussians"``), building it on first use.
 
@@ -369,9 +452,7 @@ def _build_cuda(name: str, sources: list[Path]) -> ModuleType:
     from torch.utils import cpp_extension  # deferred: importing it is slow and probes compilers
 
     _check_sources(sources)
-    if cpp_extension.CUDA_HOME is None:
-        raise RuntimeError("nvcc not found: set CUDA_HOME to a CUDA toolkit matching torch.version.cuda "
-                           f"({torch.version.cuda})")
+    use_cuda_toolkit(cpp_extension)
     key = cuda_build_key(name)
     return _compile(name, "CUDA kernel", sources, cache_root() / f"{name}-cuda-{key}-{site_tag()}",
                     f"omnifield_{name}_cuda_{key.rsplit('-', 1)[1]}",

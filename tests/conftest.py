@@ -141,12 +141,11 @@ def cuda_extension():
     from omnifield.cuda import native
 
     def load(op: str):
-        from torch.utils import cpp_extension
-
         if native.native_disabled():
             pytest.skip(f"native kernels disabled by ${native.DISABLE_ENV}")
-        if cpp_extension.CUDA_HOME is None:
-            pytest.skip("nvcc not found (CUDA_HOME unset): the CUDA extension cannot be built here")
+        kit = native.find_cuda_toolkit()
+        if kit.home is None:
+            pytest.skip(f"no CUDA toolkit, the CUDA extension cannot be built here: {kit.how}")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             module = native.load_cuda_extension(op)

@@ -182,3 +182,59 @@ def test_cuda_key_without_arch_ignores_the_arch_list(monkeypatch):
     monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "9.0")
     assert native.cuda_build_key("gaussians") != first[0]
     assert native.cuda_build_key("gaussians", with_arch=False) == first[1]
+
+
+def _toolkit(root: Path, name: str, headers: bool = True) -> Path:
+    """A fake CUDA toolkit folder: bin/nvcc and, with ``headers``, include/cuda_runtime.h."""
+    home = root / name
+    (home / "bin").mkdir(parents=True)
+    (home / "bin" / "nvcc").write_bytes(b"\x7fELF\0 fake compiler")
+    if headers:
+        (home / "include").mkdir()
+        (home / "include" / "cuda_runtime.h").write_text("")
+    return home
+
+
+def test_cuda_toolkit_behind_an_nvcc_wrapper_script_is_found(tmp_path):
+    """An nvcc on PATH that is a wrapper script (as /usr/local/bin/nvcc on this project's machines) makes
+    torch take the folder above it, which has no CUDA headers; the toolkit it runs is taken instead."""
+    real = _toolkit(tmp_path, "cuda-13.0")
+    wrapper = tmp_path / "local" / "bin" / "nvcc"
+    wrapper.parent.mkdir(parents=True)
+    wrapper.write_text(f'#!/bin/sh\nexec {real}/bin/nvcc "$@"\n')
+    kit = native.find_cuda_toolkit(environ={}, which=lambda _: str(wrapper), cuda_version="99.9")
+    assert kit.home == str(real) and kit.nvcc == str(real / "bin" / "nvcc")
+    assert "has no CUDA headers" in kit.how
+
+    plain = _toolkit(tmp_path, "plain")  # nvcc on PATH inside a complete toolkit: torch's own rule
+    kit = native.find_cuda_toolkit(environ={}, which=lambda _: str(plain / "bin" / "nvcc"), cuda_version="99.9")
+    assert kit.home == str(plain)
+
+
+def test_cuda_toolkit_errors_name_the_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(native, "SYSTEM_TOOLKITS", (str(tmp_path / "none-{version}"),))
+    headless = _toolkit(tmp_path, "headless", headers=False)
+    kit = native.find_cuda_toolkit(environ={"CUDA_HOME": str(headless)}, which=lambda _: None, cuda_version="99.9")
+    assert kit.home is None and kit.nvcc is None
+    assert kit.how == f"$CUDA_HOME={headless} is not a CUDA toolkit (it lacks bin/nvcc or include/cuda_runtime.h)"
+    kit = native.find_cuda_toolkit(environ={}, which=lambda _: str(headless / "bin" / "nvcc"), cuda_version="99.9")
+    assert kit.home is None and f"no CUDA headers (include/cuda_runtime.h) in {headless}" in kit.how
+    assert kit.how.endswith("set CUDA_HOME to the CUDA toolkit folder")
+    kit = native.find_cuda_toolkit(environ={}, which=lambda _: None, cuda_version="99.9")
+    assert kit.home is None and kit.how == "nvcc not found: set CUDA_HOME to a CUDA toolkit matching torch.version.cuda (99.9)"
+    system = _toolkit(tmp_path, "none-99.9")  # no nvcc on PATH: the system folders are tried
+    assert native.find_cuda_toolkit(environ={}, which=lambda _: None, cuda_version="99.9").home == str(system)
+    good = _toolkit(tmp_path, "good")
+    kit = native.find_cuda_toolkit(environ={"CUDA_PATH": str(good)}, which=lambda _: None, cuda_version="99.9")
+    assert (kit.home, kit.how) == (str(good), "$CUDA_PATH")
+
+
+def test_cuda_build_points_torch_at_the_found_toolkit(tmp_path, monkeypatch):
+    real = _toolkit(tmp_path, "cuda")
+    monkeypatch.setenv("CUDA_HOME", str(real))
+    fake_cpp_extension = types.SimpleNamespace(CUDA_HOME=str(tmp_path))
+    assert native.use_cuda_toolkit(fake_cpp_extension).home == str(real)
+    assert fake_cpp_extension.CUDA_HOME == str(real)
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path / "missing"))
+    with pytest.raises(RuntimeError, match="missing is not a CUDA toolkit"):
+        native.use_cuda_toolkit(fake_cpp_extension)
