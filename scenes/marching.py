@@ -6,11 +6,14 @@ Functions, which take the scene's grid and config, and :class:`GridMarched`, the
 scene its ray count (adapted per step, saved with the run) and its grid update. ``config`` is
 the scene's resolved config, read by its flat field names (``near``, ``far``, ``render_step_size``,
 ``alpha_thre``, ``early_stop_eps``, ``cone_angle`` (0 where a scene has none), ``grid_*``,
-``target_samples_per_batch``, ``max_rays_per_batch``).
+``target_samples_per_batch``, ``max_rays_per_batch``): the fields of :class:`GridMarchingConfig`, which
+the scenes' configs subclass, and :func:`resolve_marching` fills the ones left at ``None``.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -19,10 +22,95 @@ from torch import Tensor
 from omnifield.cuda import ops
 from omnifield.renderers.occupancy import OccupancyGrid
 from omnifield.renderers.types import PackedSamples, RayBundle
-from omnifield.scenes.base import RenderOptions
+from omnifield.scenes._common import scene_extent
+from omnifield.scenes.base import RenderOptions, SceneConfig
 
 MIN_RAYS = 64
 """The fewest rays :func:`adapted_rays` asks for."""
+
+
+@dataclass(frozen=True)
+class GridMarchingConfig(SceneConfig):
+    """The occupancy-grid, marching and ray-budget fields of a grid-marched scene (flat ``--set`` keys).
+    Fields left at ``None`` are filled by :func:`resolve_marching` from the scene's profile (paper: the
+    Instant-NGP / nerfacc values for a GPU; cpu: coarser and smaller, what trains best per CPU second) and
+    from the scene; each scene's config names its profile values."""
+
+    grid_resolution: int | None = None
+    """Occupancy-grid cells per side. Paper 128; cpu 64 (a grid update costs a density evaluation per cell)."""
+    grid_update_every: int = 16
+    """Occupancy-grid update interval in steps."""
+    grid_warmup_steps: int | None = None
+    """Steps during which every cell is updated. Paper 256; cpu 64."""
+    grid_update_fraction: float | None = None
+    """After warmup, this fraction of cells is updated at random, plus as many occupied ones. Paper 1/4; cpu 1/8."""
+    grid_threshold: float = 0.01
+    """Occupancy threshold on density x step size."""
+    grid_ema_decay: float = 0.95
+    """EMA decay of cell values."""
+    render_step_size: float | None = None
+    """Marching step in world units; None: from the profile and the scene's size (each scene's config says how)."""
+    alpha_thre: float = 0.0
+    """Samples with lower opacity are skipped by the sampler."""
+    early_stop_eps: float = 1e-4
+    """Rays stop once transmittance falls below this."""
+    target_samples_per_batch: int | None = None
+    """Samples per training batch the ray count adapts to. Paper 2^18; cpu 2^15."""
+    init_rays_per_batch: int | None = None
+    """Rays in the first batch; None: target_samples_per_batch / the scene's samples per ray guess (128; plenoxels 64)."""
+    max_rays_per_batch: int = 2**16
+    """Upper bound of the adapted ray count."""
+    near: float | None = None
+    """Ray start; None: the dataset's near plane (or 0)."""
+    far: float | None = None
+    """Ray end; None: the dataset's far plane (or the box exit)."""
+    background: tuple[float, float, float] | None = None
+    """Render background; None: the dataset's."""
+
+
+@dataclass(frozen=True)
+class CascadedMarchingConfig(GridMarchingConfig):
+    """:class:`GridMarchingConfig` plus occupancy cascades and cone marching for unbounded scenes
+    (Instant-NGP), for the scenes whose field spans the cascades."""
+
+    grid_levels: int | None = None
+    """Occupancy cascades: 1 for bounded scenes, 4 for unbounded ones when None."""
+    cone_angle: float | None = None
+    """Cone marching: the step at distance t is max(t * cone_angle, render_step_size). None: 0 (constant
+    steps) for bounded scenes, 1/256 for unbounded ones (Instant-NGP / nerfacc)."""
+
+
+def resolve_marching(config: GridMarchingConfig, profile: dict, scene_box: Tensor, *, unbounded: bool = False,
+                     near=None, far=None, background=(1.0, 1.0, 1.0), samples_per_ray: int = 128) -> dict:
+    """The values of ``config``'s marching fields with those left at ``None`` filled, for
+    ``dataclasses.replace``. ``profile`` holds ``grid_resolution``, ``grid_warmup_steps``,
+    ``grid_update_fraction``, ``target`` (samples per batch) and the default marching step, as
+    ``render_step_size`` (world units) or ``steps_per_diag`` (``sqrt(3) x extent / steps_per_diag``).
+    ``near``, ``far``, ``background`` are the dataset's; the first batch has ``target / samples_per_ray``
+    rays (at least 64)."""
+    def pick(value, default):
+        return default if value is None else value
+
+    step = profile.get("render_step_size")
+    if step is None:
+        step = math.sqrt(3.0) * scene_extent(scene_box) / profile["steps_per_diag"]
+    target = config.target_samples_per_batch or profile["target"]
+    values = dict(
+        grid_resolution=pick(config.grid_resolution, profile["grid_resolution"]),
+        grid_warmup_steps=pick(config.grid_warmup_steps, profile["grid_warmup_steps"]),
+        grid_update_fraction=pick(config.grid_update_fraction, profile["grid_update_fraction"]),
+        render_step_size=pick(config.render_step_size, step),
+        target_samples_per_batch=target,
+        init_rays_per_batch=pick(config.init_rays_per_batch, max(MIN_RAYS, target // samples_per_ray)),
+        near=pick(config.near, 0.0 if near is None else float(near)),
+        far=pick(config.far, 1e10 if far is None else float(far)),
+        background=tuple(pick(config.background, tuple(background))),
+    )
+    if isinstance(config, CascadedMarchingConfig):
+        values.update(grid_levels=pick(config.grid_levels, 4 if unbounded else 1),
+                      cone_angle=pick(config.cone_angle, 1.0 / 256.0 if unbounded else 0.0))
+    return values
+
 
 
 def _cone_angle(config) -> float:

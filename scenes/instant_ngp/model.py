@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 
 import torch
@@ -18,7 +17,7 @@ from omnifield.scenes._common import WarmupMultiStep, adam, default_profile, psn
 from omnifield.scenes.base import FieldOutputs, RayBatch, RenderOptions, Scene
 from omnifield.scenes.instant_ngp.config import InstantNGPConfig
 from omnifield.scenes.marching import (GridMarched, crop_box_tensor, crop_density, keep_unterminated, march_grid,
-                                       midpoint_density, render_range)
+                                       midpoint_density, render_range, resolve_marching)
 
 _PROFILES = {
     "paper": dict(log2_hashmap_size=19, max_res_per_extent=2048, grid_resolution=128, steps_per_diag=1024, target=2**18,
@@ -36,24 +35,13 @@ def resolve_config(config: InstantNGPConfig, scene_box: Tensor, unbounded: bool 
         raise ConfigError(f"instant-ngp: unknown profile {config.profile!r} (choose auto, paper or cpu)")
     p = _PROFILES[profile]
     extent = scene_extent(scene_box)
-    target = config.target_samples_per_batch or p["target"]
     pick = lambda v, d: d if v is None else v  # noqa: E731
     return replace(
         config,
         profile=profile,
         log2_hashmap_size=pick(config.log2_hashmap_size, p["log2_hashmap_size"]),
         max_resolution=pick(config.max_resolution, max(config.base_resolution, int(round(p["max_res_per_extent"] * extent)))),
-        grid_resolution=pick(config.grid_resolution, p["grid_resolution"]),
-        grid_levels=pick(config.grid_levels, 4 if unbounded else 1),
-        render_step_size=pick(config.render_step_size, math.sqrt(3.0) * extent / p["steps_per_diag"]),
-        cone_angle=pick(config.cone_angle, 1.0 / 256.0 if unbounded else 0.0),
-        target_samples_per_batch=target,
-        init_rays_per_batch=pick(config.init_rays_per_batch, max(64, target // 128)),
-        grid_warmup_steps=pick(config.grid_warmup_steps, p["grid_warmup_steps"]),
-        grid_update_fraction=pick(config.grid_update_fraction, p["grid_update_fraction"]),
-        near=pick(config.near, 0.0 if near is None else float(near)),
-        far=pick(config.far, 1e10 if far is None else float(far)),
-        background=tuple(pick(config.background, tuple(background))),
+        **resolve_marching(config, p, scene_box, unbounded=unbounded, near=near, far=far, background=background),
     )
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from omnifield.scenes.base import SceneConfig
+from omnifield.scenes.marching import GridMarchingConfig
 
 
 @dataclass(frozen=True)
-class PlenoxelsConfig(SceneConfig):
+class PlenoxelsConfig(GridMarchingConfig):
     """Plenoxels: a dense grid of ``1 + 3 * sh_degree^2`` values per vertex (density pre-activation, then
     the SH coefficients of red, green, blue), trilinearly interpolated. Fields left at ``None`` are filled
     from ``profile`` and the scene when the scene is built (the built scene's ``config`` holds them).
@@ -18,6 +18,12 @@ class PlenoxelsConfig(SceneConfig):
     96^3 half-way, density starting at ``exp(-1)``, Adam lr 0.3, a coarser occupancy grid and marching
     step, 2^15 samples per batch (measured best for a few minutes on two cores: lego --downscale 4 reaches
     26.9 dB on its 13 held-out views after 3 minutes on one thread).
+
+    The occupancy-grid and marching fields are :class:`GridMarchingConfig`'s (no cascades: the grid covers the
+    scene box). ``render_step_size`` None: half the voxel size of the final grid (paper, as Plenoxels), one
+    voxel of it (cpu). The first batch has ``target_samples_per_batch / 64`` rays. Of the sample budgets,
+    2^14 and 2^16 were worse than the cpu profile's 2^15 in 3 minutes (the step's cost has a part per grid
+    vertex: the dense gradient and Adam).
     """
 
     method: str = "plenoxels"
@@ -51,31 +57,6 @@ class PlenoxelsConfig(SceneConfig):
     tv_voxels: int | None = None
     """Cells whose total variation is computed each step (a random subset, as Plenoxels' ``tv_sparsity``).
     Paper 2^15 (1.6 % of 128^3); cpu 2^14."""
-    grid_resolution: int | None = None
-    """Occupancy-grid cells per side. Paper 128; cpu 64."""
-    grid_update_every: int = 16
-    """Occupancy-grid update interval in steps."""
-    grid_warmup_steps: int | None = None
-    """Steps during which every occupancy cell is updated. Paper 256; cpu 64."""
-    grid_update_fraction: float | None = None
-    """After warmup, this fraction of cells is updated at random, plus as many occupied ones. Paper 1/4; cpu 1/8."""
-    grid_threshold: float = 0.01
-    """Occupancy threshold on density x step size."""
-    grid_ema_decay: float = 0.95
-    """EMA decay of cell values."""
-    render_step_size: float | None = None
-    """Marching step in world units. Paper: half the voxel size of the final grid (Plenoxels); cpu: one voxel of it."""
-    alpha_thre: float = 0.0
-    """Samples with lower opacity are skipped by the sampler."""
-    early_stop_eps: float = 1e-4
-    """Rays stop once transmittance falls below this."""
-    target_samples_per_batch: int | None = None
-    """Samples per training batch the ray count adapts to. Paper 2^18; cpu 2^15 (2^14 and 2^16 were worse in
-    3 minutes: the step's cost has a part per grid vertex, the dense gradient and Adam)."""
-    init_rays_per_batch: int | None = None
-    """Rays in the first batch; None: target_samples_per_batch / 64."""
-    max_rays_per_batch: int = 2**16
-    """Upper bound of the adapted ray count."""
     lr: float | None = None
     """Adam learning rate of every value. Paper 1e-2 (PVD trains plenoxels with one learning rate); cpu 0.3
     (on the synthetic scene 0.05 / 0.1 / 0.3 / 0.5 / 1.0 gave 15 / 22 / 24 / 25 / 23 dB after 150 steps: a
@@ -87,9 +68,3 @@ class PlenoxelsConfig(SceneConfig):
     """Adam betas."""
     eps: float = 1e-15
     """Adam epsilon."""
-    near: float | None = None
-    """Ray start; None: the dataset's near plane (or 0)."""
-    far: float | None = None
-    """Ray end; None: the dataset's far plane (or the box exit)."""
-    background: tuple[float, float, float] | None = None
-    """Render background; None: the dataset's."""

@@ -19,7 +19,7 @@ from omnifield.renderers.volume import composite
 from omnifield.scenes._common import ExponentialDecay, adam, default_profile, psnr, scene_extent
 from omnifield.scenes.base import FieldOutputs, RayBatch, RenderOptions, Scene
 from omnifield.scenes.marching import (GridMarched, crop_box_tensor, crop_density, keep_unterminated, march_grid,
-                                       midpoint_density, render_range)
+                                       midpoint_density, render_range, resolve_marching)
 from omnifield.scenes.plenoxels.config import PlenoxelsConfig
 
 _PROFILES = {
@@ -50,7 +50,7 @@ def resolve_config(config: PlenoxelsConfig, scene_box: Tensor, unbounded: bool =
     if any(b <= a for a, b in zip((res,) + ups, ups)) or res < 2:
         raise ConfigError(f"plenoxels: resolutions must increase from resolution >= 2, got {res} then {ups}")
     final = ups[-1] if ups else res
-    target = config.target_samples_per_batch or p["target"]
+    step = p["voxels_per_step"] * scene_extent(scene_box) / (final - 1)
     return replace(
         config,
         profile=profile,
@@ -60,15 +60,8 @@ def resolve_config(config: PlenoxelsConfig, scene_box: Tensor, unbounded: bool =
         init_density=float(pick(config.init_density, p["init_density"])),
         lr=float(pick(config.lr, p["lr"])),
         tv_voxels=pick(config.tv_voxels, p["tv_voxels"]),
-        grid_resolution=pick(config.grid_resolution, p["grid_resolution"]),
-        render_step_size=pick(config.render_step_size, p["voxels_per_step"] * scene_extent(scene_box) / (final - 1)),
-        target_samples_per_batch=target,
-        init_rays_per_batch=pick(config.init_rays_per_batch, max(64, target // 64)),
-        grid_warmup_steps=pick(config.grid_warmup_steps, p["grid_warmup_steps"]),
-        grid_update_fraction=pick(config.grid_update_fraction, p["grid_update_fraction"]),
-        near=pick(config.near, 0.0 if near is None else float(near)),
-        far=pick(config.far, 1e10 if far is None else float(far)),
-        background=tuple(pick(config.background, tuple(background))),
+        **resolve_marching(config, {**p, "render_step_size": step}, scene_box, near=near, far=far,
+                           background=background, samples_per_ray=64),
     )
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from omnifield.scenes.base import SceneConfig
+from omnifield.scenes.marching import CascadedMarchingConfig
 
 
 @dataclass(frozen=True)
-class TensoRFConfig(SceneConfig):
+class TensoRFConfig(CascadedMarchingConfig):
     """TensoRF (VM decomposition). Fields left at ``None`` are filled from ``profile`` and the scene when the
     scene is built (the built scene's ``config`` holds the resolved values).
 
@@ -16,6 +16,11 @@ class TensoRFConfig(SceneConfig):
     2000, 3000, 4000, 5500, 7000 of 30k; ranks 16 / 48); ``"cpu"`` = ranks 8 / 24, 64^3 -> 160^3 voxels
     upsampled at fractions of the Trainer's horizon (which follows a ``max_minutes`` budget), a coarser
     occupancy grid and marching step and a smaller sample budget.
+
+    The occupancy-grid and marching fields are :class:`CascadedMarchingConfig`'s, as instant-ngp's (for
+    unbounded scenes the VM grid spans all the cascades). ``render_step_size`` None: sqrt(3) x extent / 1024
+    (paper: TensoRF's half-voxel step at 300^3), / 512 (cpu). The adapted ray count is capped by
+    ``max_rays_per_batch`` (TensoRF itself trains on 4096 rays).
     """
 
     method: str = "tensorf"
@@ -55,37 +60,6 @@ class TensoRFConfig(SceneConfig):
     sh_degree: int = 4
     """Spherical-harmonics bands of the view direction."""
 
-    # -- occupancy grid and marching (as instant-ngp) ------------------------------------------------
-    grid_resolution: int | None = None
-    """Occupancy-grid cells per side. Paper 128; cpu 64."""
-    grid_levels: int | None = None
-    """Occupancy cascades: 1 for bounded scenes, 4 for unbounded ones when None (the VM grid spans them all)."""
-    grid_update_every: int = 16
-    """Occupancy-grid update interval in steps."""
-    grid_warmup_steps: int | None = None
-    """Steps during which every cell is updated. Paper 256; cpu 64."""
-    grid_update_fraction: float | None = None
-    """After warmup, this fraction of cells is updated at random, plus as many occupied ones. Paper 1/4; cpu 1/8."""
-    grid_threshold: float = 0.01
-    """Occupancy threshold on density x step size."""
-    grid_ema_decay: float = 0.95
-    """EMA decay of cell values."""
-    render_step_size: float | None = None
-    """Marching step in world units. Paper: sqrt(3) x extent / 1024 (TensoRF's half-voxel step at 300^3);
-    cpu: sqrt(3) x extent / 512."""
-    cone_angle: float | None = None
-    """Cone marching: None -> 0 for bounded scenes, 1/256 for unbounded ones."""
-    alpha_thre: float = 0.0
-    """Samples with lower opacity are skipped by the sampler."""
-    early_stop_eps: float = 1e-4
-    """Rays stop once transmittance falls below this."""
-    target_samples_per_batch: int | None = None
-    """Samples per training batch the ray count adapts to. Paper 2^18; cpu 2^15."""
-    init_rays_per_batch: int | None = None
-    """Rays in the first batch; None: target_samples_per_batch / 128."""
-    max_rays_per_batch: int = 2**16
-    """Upper bound of the adapted ray count (TensoRF trains on 4096 rays)."""
-
     # -- optimisation (TensoRF) ----------------------------------------------------------------------
     lr_grid: float = 0.02
     """Adam learning rate of the planes and lines."""
@@ -98,9 +72,3 @@ class TensoRFConfig(SceneConfig):
     """Adam betas."""
     l1_weight: float = 1e-4
     """Weight of the L1 norm of the density planes and lines (PVD ``l1_reg_weight``; TensoRF 8e-5)."""
-    near: float | None = None
-    """Ray start; None: the dataset's near plane (or 0)."""
-    far: float | None = None
-    """Ray end; None: the dataset's far plane (or the box exit)."""
-    background: tuple[float, float, float] | None = None
-    """Render background; None: the dataset's."""

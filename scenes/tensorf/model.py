@@ -16,10 +16,10 @@ from omnifield.fields.tensor_grids import TensorVM, vm_resolution, voxel_schedul
 from omnifield.renderers.occupancy import OccupancyGrid
 from omnifield.renderers.types import PackedSamples, RayBundle, RenderOutput
 from omnifield.renderers.volume import composite
-from omnifield.scenes._common import ExponentialDecay, adam, default_profile, psnr, scene_extent
+from omnifield.scenes._common import ExponentialDecay, adam, default_profile, psnr
 from omnifield.scenes.base import FieldOutputs, RayBatch, RenderOptions, Scene
 from omnifield.scenes.marching import (GridMarched, crop_box_tensor, crop_density, keep_unterminated, march_grid,
-                                       render_range)
+                                       render_range, resolve_marching)
 from omnifield.scenes.tensorf.config import TensoRFConfig
 
 _PAPER_UPSAMPLE = (2000.0, 3000.0, 4000.0, 5500.0, 7000.0)
@@ -42,24 +42,14 @@ def resolve_config(config: TensoRFConfig, scene_box: Tensor, unbounded: bool = F
     if profile not in _PROFILES:
         raise ConfigError(f"tensorf: unknown profile {config.profile!r} (choose auto, paper or cpu)")
     p = _PROFILES[profile]
-    extent = scene_extent(scene_box)
-    target = config.target_samples_per_batch or p["target"]
     pick = lambda v, d: d if v is None else v  # noqa: E731
     resolved = replace(
         config,
         profile=profile,
         **{k: pick(getattr(config, k), p[k]) for k in ("density_components", "app_components", "n_voxels_init",
-                                                         "n_voxels_final", "schedule_units", "grid_resolution",
-                                                         "grid_warmup_steps", "grid_update_fraction")},
+                                                         "n_voxels_final", "schedule_units")},
         upsample_at=tuple(float(s) for s in pick(config.upsample_at, p["upsample_at"])),
-        grid_levels=pick(config.grid_levels, 4 if unbounded else 1),
-        render_step_size=pick(config.render_step_size, math.sqrt(3.0) * extent / p["steps_per_diag"]),
-        cone_angle=pick(config.cone_angle, 1.0 / 256.0 if unbounded else 0.0),
-        target_samples_per_batch=target,
-        init_rays_per_batch=pick(config.init_rays_per_batch, max(64, target // 128)),
-        near=pick(config.near, 0.0 if near is None else float(near)),
-        far=pick(config.far, 1e10 if far is None else float(far)),
-        background=tuple(pick(config.background, tuple(background))),
+        **resolve_marching(config, p, scene_box, unbounded=unbounded, near=near, far=far, background=background),
     )
     if resolved.schedule_units not in ("steps", "fraction"):
         raise ConfigError(f"tensorf: schedule_units must be 'steps' or 'fraction', got {resolved.schedule_units!r}")
