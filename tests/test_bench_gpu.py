@@ -48,10 +48,20 @@ def test_tolerance_table_covers_every_cuda_op():
         assert entry.get("exact") or "fwd" in entry, name
 
 
+GPU_MACHINE_ENV = Path(__file__).resolve().parent / "gpu_machine_env"
+
+
+def gpu_machine_env(**extra) -> dict:
+    """This environment with the GPU machine's missing packages unimportable (``gpu_machine_env/``)."""
+    path = os.pathsep.join(p for p in (str(GPU_MACHINE_ENV), os.environ.get("PYTHONPATH")) if p)
+    return dict(os.environ, PYTHONPATH=path, **extra)
+
+
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
+    """``bench/gpu.py --device cpu --smoke``, without the packages the GPU machine lacks."""
     out = tmp_path_factory.mktemp("bench_gpu") / "tmp.json"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env = gpu_machine_env(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "gpu.py"), "--device", "cpu", "--smoke", "--out", str(out)],
                           capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -119,3 +129,24 @@ def test_the_gpu_session_script_parses_and_names_files_that_exist():
     named = set(re.findall(r"(?:bench|tests)/[\w/]+\.py", script.read_text()))
     assert {"bench/gpu.py", "bench/gpu_gaussians.py", "bench/flow.py", "tests/test_nsfp.py"} <= named
     assert all((REPO / path).is_file() for path in named), named
+
+
+def test_the_gpu_machine_env_hides_its_missing_packages():
+    proc = subprocess.run([sys.executable, "-c", "import trimesh"], capture_output=True, text=True, env=gpu_machine_env(), timeout=60)
+    assert proc.returncode != 0 and "not on the GPU machine" in proc.stderr
+
+
+def test_gpu_session_steps_import_without_the_gpu_machines_missing_packages(tmp_path):
+    """What bench/gpu_session.sh runs besides bench/gpu.py (covered by the smoke run): gpu_gaussians.py's
+    no-GPU path and the collection of the CUDA test tier."""
+    env = gpu_machine_env(PYTHONUNBUFFERED="1")
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_gaussians.py"), "--no-gpu", "--out",
+                           str(tmp_path / "g.json")], capture_output=True, text=True, env=env, timeout=120, cwd=REPO)
+    assert proc.returncode == 0 and "no GPU" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
+    import re
+
+    tier = sorted(set(re.findall(r"tests/[\w/]+\.py", (REPO / "bench" / "gpu_session.sh").read_text())))
+    assert "tests/test_cuda_gaussians.py" in tier
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *tier],
+                          capture_output=True, text=True, env=env, timeout=180, cwd=REPO)
+    assert proc.returncode == 0 and "error" not in proc.stdout.lower(), proc.stdout[-3000:] + proc.stderr[-2000:]
