@@ -138,8 +138,11 @@ def test_the_gpu_machine_env_hides_its_missing_packages():
 
 def test_gpu_session_steps_import_without_the_gpu_machines_missing_packages(tmp_path):
     """What bench/gpu_session.sh runs besides bench/gpu.py (covered by the smoke run): gpu_gaussians.py's
-    no-GPU path and the collection of the CUDA test tier."""
+    no-GPU path, flow.py's imports and the collection of the CUDA test tier."""
     env = gpu_machine_env(PYTHONUNBUFFERED="1")
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "flow.py"), "--help"], capture_output=True, text=True,
+                          env=env, timeout=120, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_gaussians.py"), "--no-gpu", "--out",
                            str(tmp_path / "g.json")], capture_output=True, text=True, env=env, timeout=120, cwd=REPO)
     assert proc.returncode == 0 and "no GPU" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
