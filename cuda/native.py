@@ -23,6 +23,7 @@ in time as usual (:func:`find_prebuilt` says which and why; ``omnifield doctor``
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import importlib.machinery
 import importlib.util
@@ -363,21 +364,27 @@ def find_cuda_toolkit(environ=os.environ, which=shutil.which, cuda_version: str 
     """The CUDA toolkit to build with, found as torch's extension builder finds it, with one repair.
 
     torch takes ``$CUDA_HOME`` (or ``$CUDA_PATH``), else the folder above the first ``nvcc`` on ``PATH``,
-    else ``/usr/local/cuda``. A ``$CUDA_HOME`` set by the user is taken as given, but must hold
-    ``include/cuda_runtime.h``. Where the ``nvcc`` on ``PATH`` is a wrapper (``/usr/local/bin/nvcc`` running
+    else ``/usr/local/cuda``. A ``$CUDA_HOME`` set by the user is taken as given (it must hold
+    ``bin/nvcc``). Where the ``nvcc`` on ``PATH`` is a wrapper (``/usr/local/bin/nvcc`` running
     ``/usr/local/cuda-13.0/bin/nvcc``: seen on this project's machines), torch takes ``/usr/local``, which has
-    no CUDA headers, and every host file of the build fails on ``cuda_runtime.h``; so the folder must hold
-    the headers, else the first of the wrapper's resolved and named toolkits and :data:`SYSTEM_TOOLKITS`
-    that does is taken. Without nvcc on ``PATH``, the first of :data:`SYSTEM_TOOLKITS`."""
+    no CUDA headers, and every host file of the build fails on ``cuda_runtime.h``; so that folder must hold
+    the headers (in ``include``, conda's ``targets/*/include`` or ``$CUDA_INC_PATH``), else the first of the
+    wrapper's resolved and named toolkits and :data:`SYSTEM_TOOLKITS` that does is taken. Without nvcc on
+    ``PATH``, the first of :data:`SYSTEM_TOOLKITS`."""
+    def has_nvcc(home: str) -> bool:
+        return os.path.isfile(os.path.join(home, "bin", "nvcc"))
+
     def usable(home: str) -> bool:
-        return os.path.isfile(os.path.join(home, CUDA_HEADER)) and os.path.isfile(os.path.join(home, "bin", "nvcc"))
+        includes = [os.path.join(home, "include"), *glob.glob(os.path.join(home, "targets", "*", "include"))]
+        includes += [environ["CUDA_INC_PATH"]] if environ.get("CUDA_INC_PATH") else []
+        return has_nvcc(home) and any(os.path.isfile(os.path.join(i, "cuda_runtime.h")) for i in includes)
 
     for var in ("CUDA_HOME", "CUDA_PATH"):
         home = environ.get(var)
         if home:
-            if usable(home):
+            if has_nvcc(home):
                 return Toolkit(home, f"${var}")
-            return Toolkit(None, f"${var}={home} is not a CUDA toolkit (it lacks bin/nvcc or {CUDA_HEADER})")
+            return Toolkit(None, f"${var}={home} is not a CUDA toolkit (no bin/nvcc there)")
     nvcc = which("nvcc")
     cuda_version = cuda_version if cuda_version is not None else torch.version.cuda
     system = [f.format(version=cuda_version) for f in SYSTEM_TOOLKITS if cuda_version or "{" not in f]

@@ -214,12 +214,18 @@ def test_cuda_toolkit_behind_an_nvcc_wrapper_script_is_found(tmp_path):
 def test_cuda_toolkit_errors_name_the_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(native, "SYSTEM_TOOLKITS", (str(tmp_path / "none-{version}"),))
     headless = _toolkit(tmp_path, "headless", headers=False)
-    kit = native.find_cuda_toolkit(environ={"CUDA_HOME": str(headless)}, which=lambda _: None, cuda_version="99.9")
+    kit = native.find_cuda_toolkit(environ={"CUDA_HOME": str(tmp_path)}, which=lambda _: None, cuda_version="99.9")
     assert kit.home is None and kit.nvcc is None
-    assert kit.how == f"$CUDA_HOME={headless} is not a CUDA toolkit (it lacks bin/nvcc or include/cuda_runtime.h)"
+    assert kit.how == f"$CUDA_HOME={tmp_path} is not a CUDA toolkit (no bin/nvcc there)"
+    # A user's CUDA_HOME is taken as given (conda keeps the headers elsewhere, $CUDA_INC_PATH names them).
+    assert native.find_cuda_toolkit(environ={"CUDA_HOME": str(headless)}, which=lambda _: None).home == str(headless)
     kit = native.find_cuda_toolkit(environ={}, which=lambda _: str(headless / "bin" / "nvcc"), cuda_version="99.9")
     assert kit.home is None and f"no CUDA headers (include/cuda_runtime.h) in {headless}" in kit.how
     assert kit.how.endswith("set CUDA_HOME to the CUDA toolkit folder")
+    conda = _toolkit(tmp_path, "conda", headers=False)  # headers under targets/<arch>/include count
+    (conda / "targets" / "x86_64-linux" / "include").mkdir(parents=True)
+    (conda / "targets" / "x86_64-linux" / "include" / "cuda_runtime.h").write_text("")
+    assert native.find_cuda_toolkit(environ={}, which=lambda _: str(conda / "bin" / "nvcc")).home == str(conda)
     kit = native.find_cuda_toolkit(environ={}, which=lambda _: None, cuda_version="99.9")
     assert kit.home is None and kit.how == "nvcc not found: set CUDA_HOME to a CUDA toolkit matching torch.version.cuda (99.9)"
     system = _toolkit(tmp_path, "none-99.9")  # no nvcc on PATH: the system folders are tried
@@ -236,5 +242,5 @@ def test_cuda_build_points_torch_at_the_found_toolkit(tmp_path, monkeypatch):
     assert native.use_cuda_toolkit(fake_cpp_extension).home == str(real)
     assert fake_cpp_extension.CUDA_HOME == str(real)
     monkeypatch.setenv("CUDA_HOME", str(tmp_path / "missing"))
-    with pytest.raises(RuntimeError, match="missing is not a CUDA toolkit"):
+    with pytest.raises(RuntimeError, match="missing is not a CUDA toolkit \\(no bin/nvcc there\\)"):
         native.use_cuda_toolkit(fake_cpp_extension)
