@@ -14,6 +14,13 @@ OUT=${OUT:-/tmp/gpu_session}
 mkdir -p "$OUT" /tmp/p
 ln -sfn "$PWD" /tmp/p/omnifield  # the repository root is the omnifield package
 export PYTHONPATH=/tmp/p PYTHONUNBUFFERED=1
+# The toolkit our builds use (native.find_cuda_toolkit looks behind an nvcc wrapper script), for gsplat's
+# just-in-time build too, which takes torch's CUDA_HOME as it is.
+if [[ -z "${CUDA_HOME:-}" ]]; then
+  CUDA_HOME=$(python3 -c "from omnifield.cuda import native; print(native.find_cuda_toolkit().home or '')" 2>/dev/null)
+  [[ -n "$CUDA_HOME" ]] && export CUDA_HOME || unset CUDA_HOME
+fi
+echo "CUDA_HOME=${CUDA_HOME:-unset}"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader \
   | tee "$OUT/gpu.txt"
 
