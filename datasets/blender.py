@@ -143,7 +143,13 @@ def load_blender(path, *, downscale: int = 1, background=(1.0, 1.0, 1.0), holdou
     cams = Cameras.create(c2w, fx, fx, w_t / 2, h_t / 2, w_t, h_t, model=CameraModel.PINHOLE, times=times_t)
     sources, cams = downscaled_sources(all_paths, cams, opts.downscale)
     check_splits(splits, cams, files["train"])
-    points, point_colors = find_points(root)
+    points, point_colors, point_times = find_points(root)
+    if point_times is not None and time_range is not None:  # normalised as the cameras' times
+        t0, t1 = time_range
+        point_times = torch.tensor((point_times - t0) / (t1 - t0) if t1 > t0 else np.zeros_like(point_times),
+                                   dtype=torch.float32)
+    else:
+        point_times = None
     return SceneData(
         root=root,
         format="dnerf" if dynamic else "blender",
@@ -157,6 +163,7 @@ def load_blender(path, *, downscale: int = 1, background=(1.0, 1.0, 1.0), holdou
         time_range=time_range,
         points=points,
         point_colors=point_colors,
+        point_times=point_times,
         unbounded=False,
         background=opts.background,
         metadata={

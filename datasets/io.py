@@ -390,11 +390,17 @@ def downscaled_sources(paths: list[Path], cams: Cameras, n: int) -> tuple[list[I
 POINT_FILE_NAMES = ("points3d.ply", "points3D.ply", "sparse_pc.ply")
 
 
-def read_points_ply(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """A point-cloud ``.ply`` (ascii or binary) -> ``xyz [P, 3]`` float32 and ``rgb [P, 3]`` uint8 or None.
+#: vertex properties read as a point's time: ours (``data synth --dynamic``), then 4DGS's ``t``.
+POINT_TIME_PROPERTIES = ("time", "t")
+
+
+def read_points_ply(path: Path) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """A point-cloud ``.ply`` (ascii or binary) -> ``xyz [P, 3]`` float32, ``rgb [P, 3]`` uint8 or None and
+    ``time [P]`` float64 or None (a ``time`` or ``t`` vertex property, as dynamic scenes write: the dataset's
+    time stamps, not normalised).
 
     Read with trimesh (faces, if any, are ignored). Raises DataError naming the file when it cannot
-    be parsed or holds no vertices.
+    be parsed or holds no vertices, or when its times are not finite.
     """
     import trimesh
 
@@ -411,21 +417,29 @@ def read_points_ply(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     rgb = None
     if colors is not None and len(colors) == len(xyz):
         rgb = np.asarray(colors)[:, :3].astype(np.uint8)
-    return xyz, rgb
+    vertex = getattr(geom, "metadata", {}).get("_ply_raw", {}).get("vertex", {}).get("data")  # every property as read
+    names = [n for n in POINT_TIME_PROPERTIES if vertex is not None and n in (vertex.dtype.names or ())]
+    time = None
+    if names and len(vertex) == len(xyz):
+        time = np.asarray(vertex[names[0]], dtype=np.float64).reshape(-1)
+        if not np.all(np.isfinite(time)):
+            raise DataError(f"point cloud has non-finite {names[0]!r} values", path)
+    return xyz, rgb, time
 
 
 def find_points(root: Path, names: tuple[str, ...] = POINT_FILE_NAMES,
-                world_from_dataset: Tensor | None = None) -> tuple[Tensor | None, Tensor | None]:
+                world_from_dataset: Tensor | None = None) -> tuple[Tensor | None, Tensor | None, np.ndarray | None]:
     """The first of ``names`` in ``root`` as ``(points [P, 3] float32 in the normalised world,
-    colours [P, 3] uint8)``; ``(None, None)`` when there is none. Colours default to mid grey."""
+    colours [P, 3] uint8, times [P] float64 or None)``; ``(None, None, None)`` when there is none.
+    Colours default to mid grey; times are the file's (see :func:`read_points_ply`)."""
     for name in names:
         path = Path(root) / name
         if path.is_file():
-            xyz, rgb = read_points_ply(path)
+            xyz, rgb, time = read_points_ply(path)
             pts = torch.from_numpy(xyz)
             if world_from_dataset is not None:
                 m = world_from_dataset.to(torch.float32)
                 pts = pts @ m[:3, :3].T + m[:3, 3]
             cols = torch.from_numpy(rgb) if rgb is not None else torch.full((len(xyz), 3), 128, dtype=torch.uint8)
-            return pts.contiguous(), cols
-    return None, None
+            return pts.contiguous(), cols, time
+    return None, None, None

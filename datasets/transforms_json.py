@@ -223,7 +223,7 @@ def load_transforms_json(
         mask_sources, _ = downscaled_sources(mask_paths, full, opts.downscale)
         masks = make_mask_loader([s.path for s in mask_sources], [s.factor for s in mask_sources], cams)
     names = ((str(meta["ply_file_path"]),) if isinstance(meta.get("ply_file_path"), str) else ()) + POINT_FILE_NAMES
-    points, point_colors = find_points(root, names, world)
+    points, point_colors, _ = find_points(root, names, world)  # a static format: point times are not used
     return SceneData(
         root=root,
         format="nerfstudio" if nerfstudio else "ngp",

@@ -170,6 +170,7 @@ class SceneInfo:
     metadata: dict = field(default_factory=dict)
     points: Tensor | None = None
     point_colors: Tensor | None = None
+    point_times: Tensor | None = None
     images: None = None
     depths: None = None
     masks: None = None

@@ -623,6 +623,44 @@ def test_points_ply_next_to_transforms(tmp_path):
     torch.testing.assert_close(data.points, 0.33 * torch.from_numpy(xyz))
 
 
+def _write_timed_points_ply(path: Path, xyz: np.ndarray, time: np.ndarray, name: str = "time") -> None:
+    """A binary PLY vertex list with x y z and a time property (``time``, as ``data synth --dynamic``
+    writes, or ``t``, as 4DGS reads)."""
+    rows = np.zeros(len(xyz), [("x", "<f4"), ("y", "<f4"), ("z", "<f4"), (name, "<f4")])
+    for c, axis in enumerate("xyz"):
+        rows[axis] = xyz[:, c]
+    rows[name] = time
+    header = (f"ply\nformat binary_little_endian 1.0\nelement vertex {len(rows)}\n"
+              + "".join(f"property float {n}\n" for n in rows.dtype.names) + "end_header\n")
+    path.write_bytes(header.encode("ascii") + rows.tobytes())
+
+
+def test_point_times_of_a_dynamic_scene_are_normalised_as_the_camera_times(tmp_path):
+    times = [0.5 + 0.25 * i for i in range(len(POSES))]  # time stamps 0.5 .. 2.75
+    xyz = np.random.default_rng(1).uniform(-1, 1, (6, 3)).astype(np.float32)
+    write_blender(tmp_path / "dnerf", times=times)
+    _write_timed_points_ply(tmp_path / "dnerf" / "points3d.ply", xyz, np.array([0.5, 0.5, 1.625, 1.625, 2.75, 2.75]))
+    data = load_scene(tmp_path / "dnerf")
+    torch.testing.assert_close(data.points, torch.from_numpy(xyz))
+    torch.testing.assert_close(data.point_times, torch.tensor([0.0, 0.0, 0.5, 0.5, 1.0, 1.0]))
+    _write_timed_points_ply(tmp_path / "dnerf" / "points3d.ply", xyz, np.array([2.75, 0.5] * 3), name="t")
+    torch.testing.assert_close(load_scene(tmp_path / "dnerf").point_times, torch.tensor([1.0, 0.0] * 3))
+    write_blender(tmp_path / "static")  # a static scene ignores a time property
+    _write_timed_points_ply(tmp_path / "static" / "points3d.ply", xyz, np.zeros(6))
+    data = load_scene(tmp_path / "static")
+    assert data.point_times is None and data.points.shape == (6, 3)
+    write_blender(tmp_path / "plain", times=times)  # no time property: no point times
+    _write_points_ply(tmp_path / "plain" / "points3d.ply", xyz, np.zeros((6, 3), np.uint8))
+    assert load_scene(tmp_path / "plain").point_times is None
+
+
+def test_non_finite_point_times_name_the_file(tmp_path):
+    write_blender(tmp_path, times=[float(i) for i in range(len(POSES))])
+    _write_timed_points_ply(tmp_path / "points3d.ply", np.zeros((2, 3), np.float32), np.array([0.0, np.nan]))
+    with pytest.raises(DataError, match=r"points3d\.ply.*non-finite 'time'"):
+        load_scene(tmp_path)
+
+
 def test_bad_points_ply_names_the_file(tmp_path):
     write_blender(tmp_path)
     (tmp_path / "points3d.ply").write_bytes(b"ply\nformat nonsense\n")

@@ -232,6 +232,23 @@ def test_needs_times():
         resolve_config(Gaussians4DConfig(profile="cpu"), data)
 
 
+def test_initial_gaussians_take_the_points_times(dyn_data):
+    from omnifield.scenes.gaussians_4d.model import initial_gaussians_4d
+
+    data = load_scene(dyn_data)  # the synthesiser's points3d.ply: the objects' points at every training time
+    train_times = data.cameras.times[data.splits["train"]]
+    assert data.point_times is not None and set(data.point_times.tolist()) == set(train_times.tolist())
+    # Each point keeps its own time through subsampling (x encodes the time here).
+    t = torch.linspace(0.0, 1.0, 50)
+    fake = SimpleNamespace(points=torch.stack([t, -t, 2 * t], 1), point_colors=None, point_times=t,
+                           scene_box=data.scene_box)
+    init = initial_gaussians_4d(Gaussians4DConfig(time_range=(0.0, 1.0), max_init_points=20), fake)
+    assert len(init.means) == 20 and torch.equal(init.times, init.means[:, 0])
+    fake.point_times = t[:10]
+    with pytest.raises(ConfigError, match="point_times has 10 values for 50 points"):
+        initial_gaussians_4d(Gaussians4DConfig(time_range=(0.0, 1.0)), fake)
+
+
 def test_two_step_smoke_then_save_load_render_equal(trained, dyn_data):
     run_dir, scene = trained
     run = load_run(run_dir)
