@@ -49,7 +49,7 @@ CPU_SOURCES: dict[str, tuple[str, ...]] = {
     "hash_grid": ("hash_grid/hash_grid_cpu.cpp",),
     "ray_marching": ("ray_marching/ray_marching_cpu.cpp",),
     "compositing": ("compositing/compositing_cpu.cpp",),
-    "gaussians": ("gaussians/gaussians_cpu.cpp",),
+    "gaussians": ("gaussians/gaussians_cpu.cpp",),  # includes the passes' headers: one translation unit
 }
 
 # Portable flags (no -march=native: the cached library must run on any CPU of the machine kind).
@@ -85,10 +85,17 @@ def _source_paths(name: str) -> list[Path]:
     return [CSRC / s for s in CPU_SOURCES[name]]
 
 
+def _with_headers(sources: list[Path]) -> list[Path]:
+    """``sources`` and the headers (``*.h``, ``*.cuh``) of their folders: what a build key hashes."""
+    headers = sorted({h for s in sources for pattern in ("*.h", "*.cuh") for h in s.parent.glob(pattern)})
+    return [*sources, *headers]
+
+
 def build_key(name: str) -> str:
-    """``<torch version>-<hash>`` of the sources, flags and Python ABI: the cache folder's suffix."""
+    """``<torch version>-<hash>`` of the sources, the headers beside them, the flags and the Python ABI: the
+    cache folder's suffix."""
     h = hashlib.sha256()
-    for path in _source_paths(name):
+    for path in _with_headers(_source_paths(name)):
         h.update(path.name.encode())
         h.update(path.read_bytes() if path.is_file() else b"<missing>")
     h.update(" ".join(CFLAGS + LDFLAGS).encode())
@@ -298,10 +305,8 @@ def cuda_build_key(name: str, with_arch: bool = True) -> str:
 
     ``with_arch=False`` leaves the architectures out: the key recorded with a prebuilt module, whose
     architectures are checked separately (:func:`find_prebuilt`)."""
-    sources = _cuda_source_paths(name)
-    headers = sorted({h for s in sources for pattern in ("*.h", "*.cuh") for h in s.parent.glob(pattern)})
     h = hashlib.sha256()
-    for path in [*sources, *headers]:
+    for path in _with_headers(_cuda_source_paths(name)):
         h.update(path.name.encode())
         h.update(path.read_bytes() if path.is_file() else b"<missing>")
     h.update(" ".join(NVCC_FLAGS + CUDA_HOST_CFLAGS).encode())

@@ -19,8 +19,24 @@ import pytest
 
 CSRC = Path(__file__).resolve().parent.parent / "cuda" / "csrc"
 CU_FILES = sorted(CSRC.rglob("*.cu"))
-KERNEL_FILES = sorted([*CU_FILES, *CSRC.rglob("*.cuh"), *CSRC.rglob("*.h")])
 TORCH_INCLUDE = re.compile(r'^\s*#\s*include\s*[<"](torch|ATen|c10|caffe2|pybind11)/', re.MULTILINE)
+LOCAL_INCLUDE = re.compile(r'^\s*#\s*include\s*"([^"]+)"', re.MULTILINE)
+
+
+def _kernel_files() -> list[Path]:
+    """The ``.cu`` files, every ``.cuh`` and the headers the ``.cu`` files include (transitively): what nvcc
+    compiles. The C++ CPU kernels' own headers (``*_cpu.h``) may use torch."""
+    seen, todo = set(), [*CU_FILES, *CSRC.rglob("*.cuh")]
+    while todo:
+        path = todo.pop()
+        if path in seen or not path.is_file():
+            continue
+        seen.add(path)
+        todo += [(path.parent / name).resolve() for name in LOCAL_INCLUDE.findall(path.read_text())]
+    return sorted(seen)
+
+
+KERNEL_FILES = _kernel_files()
 
 
 def _nvcc() -> str | None:
