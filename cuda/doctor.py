@@ -165,7 +165,7 @@ def environment_rows() -> list[Row]:
         Row("torch.version.cuda", str(torch.version.cuda), "" if torch.version.cuda else "CPU-only torch build"),
         _device_row(),
         Row("nvcc", f"{nvcc}: {_first_line([nvcc, '--version'])}" if nvcc else "not found",
-            f"toolkit from {kit.how}" if nvcc else kit.how),
+            f"toolkit {kit.home}: {kit.how}" if nvcc else kit.how),
         Row("C++ compiler", f"{cxx_path}: {_first_line([cxx_path, '--version'])}" if cxx_path else f"{cxx}: not found"),
         Row("ninja", shutil.which("ninja") or "not found", "" if shutil.which("ninja") else "needed by just-in-time builds"),
         Row("tinycudann", "importable" if tcnn_why is None else "unavailable", tcnn_why or ""),
@@ -210,43 +210,31 @@ def backend_choice(name: str | None = None) -> BackendChoice:
 # --- per-op rows --------------------------------------------------------------------------------------
 
 
-def _cpu_state(name: str) -> tuple[str, str]:
-    """(implementation, why) for CPU tensors given the state of the C++ extension ``name``."""
-    if native.native_disabled():
+def _native_state(name: str, kind: str) -> tuple[str, str]:
+    """(implementation, why) for CPU (``kind="cpu"``, the C++ extension) or CUDA tensors (``"cuda"``) given the
+    state of the extension ``name``: failed, loaded, prebuilt, cached, or built on first use."""
+    native_impl = CPP if kind == "cpu" else CUDA
+    if kind == "cpu" and native.native_disabled():
         return REFERENCE, f"disabled by ${native.DISABLE_ENV}"
-    if native.last_error(name):
-        return REFERENCE, "build failed: " + native.last_error(name).splitlines()[0]
-    origin = native.loaded_from(name, "cpu")
+    error = native.last_error(name) if kind == "cpu" else native.last_cuda_error(name)
+    if error:
+        return REFERENCE, "build failed: " + error.splitlines()[0]
+    origin = native.loaded_from(name, kind)
     if origin is not None:
-        return CPP, origin
-    found = native.find_prebuilt(name, "cpu")
+        return native_impl, origin
+    found = native.find_prebuilt(name, kind)
     if found.status == "match":
-        return CPP, found.reason
+        return native_impl, found.reason
     stale = f" ({found.reason})" if found.status != "absent" else ""
-    cached = native.cached_library(name, "cpu")
+    cached = native.cached_library(name, kind)
     if cached is not None:
-        return CPP, f"built, cached in {cached.parent}{stale}"
-    return CPP, f"not built yet: builds on first use (cache {native.build_directory(name)}){stale}"
-
-
-def _cuda_state(name: str) -> tuple[str, str]:
-    """(implementation, why) for CUDA tensors given the state of the CUDA extension ``name``."""
-    if native.last_cuda_error(name):
-        return REFERENCE, "build failed: " + native.last_cuda_error(name).splitlines()[0]
-    origin = native.loaded_from(name, "cuda")
-    if origin is not None:
-        return CUDA, origin
-    found = native.find_prebuilt(name, "cuda")
-    if found.status == "match":
-        return CUDA, found.reason
-    stale = f" ({found.reason})" if found.status != "absent" else ""
-    cached = native.cached_library(name, "cuda")
-    if cached is not None:
-        return CUDA, f"built, cached in {cached.parent}{stale}"
-    kit = native.find_cuda_toolkit()
-    if kit.home is None:
-        return REFERENCE, f"{kit.how}: the build on first use will fail and the reference runs{stale}"
-    return CUDA, f"not built yet: builds on first use (cache {native.cuda_build_directory(name)}){stale}"
+        return native_impl, f"built, cached in {cached.parent}{stale}"
+    if kind == "cuda":
+        kit = native.find_cuda_toolkit()
+        if kit.home is None:
+            return REFERENCE, f"{kit.how}: the build on first use will fail and the reference runs{stale}"
+    folder = native.build_directory(name) if kind == "cpu" else native.cuda_build_directory(name)
+    return native_impl, f"not built yet: builds on first use (cache {folder}){stale}"
 
 
 def _wrapper_missing(spec: OpSpec) -> str | None:
@@ -271,7 +259,7 @@ def op_row(spec: OpSpec, selected: str) -> OpRow:
     elif selected == "torch":
         cpu = (REFERENCE, "backend 'torch' forces the references")
     else:
-        cpu = _cpu_state(spec.cpu)
+        cpu = _native_state(spec.cpu, "cpu")
     if spec.cuda is None:
         cuda = (REFERENCE, "no CUDA kernel for this op")
     elif (why := native.cuda_unavailable_reason()) is not None:
@@ -281,7 +269,7 @@ def op_row(spec: OpSpec, selected: str) -> OpRow:
     elif selected not in ("cuda", "tcnn"):
         cuda = (REFERENCE, f"backend {selected!r} selected (CUDA kernels run with 'cuda' or 'tcnn')")
     else:
-        cuda = _cuda_state(spec.cuda)
+        cuda = _native_state(spec.cuda, "cuda")
     cpu_why = f"{cpu[1]}; {spec.note}" if spec.note and cpu[0] == CPP else cpu[1]
     return OpRow(spec.op, cpu[0], cpu_why, cuda[0], cuda[1])
 

@@ -400,12 +400,12 @@ def find_cuda_toolkit(environ=os.environ, which=shutil.which, cuda_version: str 
         candidates = [*_named_toolkits(nvcc), *system]
         for home in dict.fromkeys(candidates):
             if usable(home):
-                return Toolkit(home, f"{home}: the nvcc on PATH ({nvcc}) is outside a toolkit, {beside} has no CUDA headers")
+                return Toolkit(home, f"the nvcc on PATH ({nvcc}) is outside a toolkit ({beside} has no CUDA headers)")
         return Toolkit(None, f"nvcc on PATH ({nvcc}), but no CUDA headers ({CUDA_HEADER}) in {beside} or "
                              f"{', '.join(dict.fromkeys(candidates))}: set CUDA_HOME to the CUDA toolkit folder")
     for home in system:
         if usable(home):
-            return Toolkit(home, home)
+            return Toolkit(home, "no nvcc on PATH; the system's toolkit")
     return Toolkit(None, "nvcc not found: set CUDA_HOME to a CUDA toolkit"
                          + (f" matching torch.version.cuda ({cuda_version})" if cuda_version else ""))
 
