@@ -31,6 +31,7 @@ def describe(data: SceneData) -> dict:
         "unbounded": data.unbounded,
         "time_range": None if data.time_range is None else list(data.time_range),
         "num_points": 0 if data.points is None else int(data.points.shape[0]),
+        "points_have_times": getattr(data, "point_times", None) is not None,
         "world_scale": round(data.world_scale, 6),
         "downscale": data.metadata.get("downscale", 1),
         "skipped_frames": skipped,
@@ -57,7 +58,7 @@ def format_info(info: dict) -> str:
     ]
     if info["time_range"] is not None:
         lines.append(f"time range:    {info['time_range'][0]:g} .. {info['time_range'][1]:g}")
-    lines.append(f"points:        {info['num_points']}")
+    lines.append(f"points:        {info['num_points']}" + (" (each with a time)" if info.get("points_have_times") else ""))
     lines.append(f"world scale:   {info['world_scale']:g} (world units per dataset unit)")
     if info["has_masks"]:
         lines.append("masks:         yes")

@@ -643,12 +643,14 @@ def test_point_times_of_a_dynamic_scene_are_normalised_as_the_camera_times(tmp_p
     data = load_scene(tmp_path / "dnerf")
     torch.testing.assert_close(data.points, torch.from_numpy(xyz))
     torch.testing.assert_close(data.point_times, torch.tensor([0.0, 0.0, 0.5, 0.5, 1.0, 1.0]))
+    assert describe(data)["points_have_times"] and "6 (each with a time)" in format_info(describe(data))
     _write_timed_points_ply(tmp_path / "dnerf" / "points3d.ply", xyz, np.array([2.75, 0.5] * 3), name="t")
     torch.testing.assert_close(load_scene(tmp_path / "dnerf").point_times, torch.tensor([1.0, 0.0] * 3))
     write_blender(tmp_path / "static")  # a static scene ignores a time property
     _write_timed_points_ply(tmp_path / "static" / "points3d.ply", xyz, np.zeros(6))
     data = load_scene(tmp_path / "static")
     assert data.point_times is None and data.points.shape == (6, 3)
+    assert not describe(data)["points_have_times"]
     write_blender(tmp_path / "plain", times=times)  # no time property: no point times
     _write_points_ply(tmp_path / "plain" / "points3d.ply", xyz, np.zeros((6, 3), np.uint8))
     assert load_scene(tmp_path / "plain").point_times is None
