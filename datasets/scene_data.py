@@ -90,7 +90,8 @@ class SceneData:
         near, far: optional ray bounds in normalised world units.
         points, point_colors: optional ``[P, 3]`` float32 world points and ``[P, 3]`` uint8 colours.
         point_times: optional ``[P]`` float32 time of each point, normalised as the cameras' times (dynamic
-            scenes whose point file has a ``time`` property, as ``omnifield data synth --dynamic`` writes).
+            scenes whose point file has a ``time`` (or 4DGS's ``t``) property, as ``omnifield data synth --dynamic``
+            writes).
         depths, masks: optional per-camera loaders (ground-truth depth in world units, foreground masks).
         time_range: optional (t0, t1) of the original time stamps (cameras carry normalised times).
         unbounded: True for scenes whose background lies far outside ``scene_box`` (real captures).

@@ -26,7 +26,7 @@ from omnifield.scenes._common import scene_extent
 from omnifield.scenes.base import RenderOptions, SceneConfig
 
 MIN_RAYS = 64
-"""The fewest rays :func:`adapted_rays` asks for."""
+"""The fewest rays :func:`adapted_rays` asks for, and a first batch has (:func:`resolve_marching`)."""
 
 
 @dataclass(frozen=True)
