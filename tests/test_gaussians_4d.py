@@ -237,7 +237,9 @@ def test_initial_gaussians_take_the_points_times(dyn_data):
 
     data = load_scene(dyn_data)  # the synthesiser's points3d.ply: the objects' points at every training time
     train_times = data.cameras.times[data.splits["train"]]
-    assert data.point_times is not None and set(data.point_times.tolist()) == set(train_times.tolist())
+    assert data.point_times is not None
+    gap = (data.point_times[:, None] - train_times.unique()[None]).abs()  # the file's float32 stamps, normalised
+    assert float(gap.min(1).values.max()) < 1e-6 and bool((gap.min(0).values < 1e-6).all())
     # Each point keeps its own time through subsampling (x encodes the time here).
     t = torch.linspace(0.0, 1.0, 50)
     fake = SimpleNamespace(points=torch.stack([t, -t, 2 * t], 1), point_colors=None, point_times=t,
