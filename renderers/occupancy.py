@@ -108,10 +108,9 @@ class OccupancyGrid(nn.Module):
         about that far out (Instant-NGP scales the step of cascade level ``l`` by ``2^l``).
         """
         device = self.occs.device
-        if step < warmup_steps:
-            ids = torch.arange(self.occs.numel(), device=device)
-            if self.limit is not None:
-                ids = self.limit.reshape(-1).nonzero().squeeze(-1)
+        if step < warmup_steps:  # every cell (inside the limit)
+            ids = (torch.arange(self.occs.numel(), device=device) if self.limit is None
+                   else self.limit.reshape(-1).nonzero().squeeze(-1))
         else:
             n = max(1, int(self.cells_per_level * fraction))
             parts = []

@@ -6,10 +6,26 @@ import math
 
 import torch
 
+from omnifield.errors import ConfigError
+
 
 def default_profile() -> str:
     """``"paper"`` when a CUDA device is present, else ``"cpu"`` (settings tuned for CPU wall-clock)."""
     return "paper" if torch.cuda.is_available() else "cpu"
+
+
+def chosen_profile(requested: str, profiles: dict, method: str) -> str:
+    """The profile ``requested`` names (``"auto"``: :func:`default_profile`); ``ConfigError`` naming ``method``
+    when ``profiles`` has no such one."""
+    profile = default_profile() if requested == "auto" else requested
+    if profile not in profiles:
+        raise ConfigError(f"{method}: unknown profile {requested!r} (choose auto, paper or cpu)")
+    return profile
+
+
+def pick(value, default):
+    """``value``, or ``default`` where it is None (a config field left for the profile to fill)."""
+    return default if value is None else value
 
 
 def adam(groups: list[dict], lr: float, betas=(0.9, 0.999), eps: float = 1e-8) -> torch.optim.Adam:

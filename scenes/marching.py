@@ -22,7 +22,7 @@ from torch import Tensor
 from omnifield.cuda import ops
 from omnifield.renderers.occupancy import OccupancyGrid
 from omnifield.renderers.types import PackedSamples, RayBundle
-from omnifield.scenes._common import scene_extent
+from omnifield.scenes._common import pick, scene_extent
 from omnifield.scenes.base import RenderOptions, SceneConfig
 
 MIN_RAYS = 64
@@ -88,9 +88,6 @@ def resolve_marching(config: GridMarchingConfig, profile: dict, scene_box: Tenso
     ``render_step_size`` (world units) or ``steps_per_diag`` (``sqrt(3) x extent / steps_per_diag``).
     ``near``, ``far``, ``background`` are the dataset's; the first batch has ``target / samples_per_ray``
     rays (at least 64)."""
-    def pick(value, default):
-        return default if value is None else value
-
     step = profile.get("render_step_size")
     if step is None:
         step = math.sqrt(3.0) * scene_extent(scene_box) / profile["steps_per_diag"]

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from omnifield.cuda.reference.gaussians import SH_C0
 from omnifield.errors import ConfigError
-from omnifield.scenes._common import ExponentialDecay, default_profile
+from omnifield.scenes._common import ExponentialDecay, chosen_profile
 from omnifield.scenes.base import Scene
 from omnifield.scenes.gaussian_splatting.strategy import DensifyParams
 
@@ -34,9 +34,7 @@ def profile_values(config, profiles: dict[str, dict], method: str) -> tuple[str,
     """``(profile, values)``: the profile ``config.profile`` names (``"auto"``: the machine's) and its
     fields with the config's own value wherever that is not ``None``; checks the fields both Gaussian
     scenes share (``schedule_units``, ``sh_degree``), ``ConfigError`` naming ``method`` otherwise."""
-    profile = default_profile() if config.profile == "auto" else config.profile
-    if profile not in profiles:
-        raise ConfigError(f"{method}: unknown profile {config.profile!r} (choose auto, paper or cpu)")
+    profile = chosen_profile(config.profile, profiles, method)
     values = {k: (v if getattr(config, k) is None else getattr(config, k)) for k, v in profiles[profile].items()}
     if values["schedule_units"] not in ("steps", "fraction"):
         raise ConfigError(f"{method}: schedule_units must be 'steps' or 'fraction', got {values['schedule_units']!r}")

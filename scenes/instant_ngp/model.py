@@ -13,7 +13,7 @@ from omnifield.fields import MLP, HashGridConfig, HashGridEncoding, SHEncoding, 
 from omnifield.renderers.occupancy import OccupancyGrid
 from omnifield.renderers.types import PackedSamples, RayBundle, RenderOutput
 from omnifield.renderers.volume import composite
-from omnifield.scenes._common import WarmupMultiStep, adam, default_profile, psnr, scene_extent
+from omnifield.scenes._common import WarmupMultiStep, adam, chosen_profile, pick, psnr, scene_extent
 from omnifield.scenes.base import FieldOutputs, RayBatch, RenderOptions, Scene
 from omnifield.scenes.instant_ngp.config import InstantNGPConfig
 from omnifield.scenes.marching import (GridMarched, crop_box_tensor, crop_density, keep_unterminated, march_grid,
@@ -30,12 +30,9 @@ _PROFILES = {
 def resolve_config(config: InstantNGPConfig, scene_box: Tensor, unbounded: bool = False, near=None, far=None,
                    background=(1.0, 1.0, 1.0)) -> InstantNGPConfig:
     """Fill the ``None`` fields of ``config`` from its profile and the scene (box extent, bounds, background)."""
-    profile = default_profile() if config.profile == "auto" else config.profile
-    if profile not in _PROFILES:
-        raise ConfigError(f"instant-ngp: unknown profile {config.profile!r} (choose auto, paper or cpu)")
+    profile = chosen_profile(config.profile, _PROFILES, "instant-ngp")
     p = _PROFILES[profile]
     extent = scene_extent(scene_box)
-    pick = lambda v, d: d if v is None else v  # noqa: E731
     return replace(
         config,
         profile=profile,

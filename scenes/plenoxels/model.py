@@ -16,7 +16,7 @@ from omnifield.fields.voxel_grid import VoxelGrid, sh_color
 from omnifield.renderers.occupancy import OccupancyGrid
 from omnifield.renderers.types import PackedSamples, RayBundle, RenderOutput
 from omnifield.renderers.volume import composite
-from omnifield.scenes._common import ExponentialDecay, adam, default_profile, psnr, scene_extent
+from omnifield.scenes._common import ExponentialDecay, adam, chosen_profile, pick, psnr, scene_extent
 from omnifield.scenes.base import FieldOutputs, RayBatch, RenderOptions, Scene
 from omnifield.scenes.marching import (GridMarched, crop_box_tensor, crop_density, keep_unterminated, march_grid,
                                        midpoint_density, render_range, resolve_marching)
@@ -35,13 +35,10 @@ _PROFILES = {
 def resolve_config(config: PlenoxelsConfig, scene_box: Tensor, unbounded: bool = False, near=None, far=None,
                    background=(1.0, 1.0, 1.0)) -> PlenoxelsConfig:
     """Fill the ``None`` fields of ``config`` from its profile and the scene (box extent, bounds, background)."""
-    profile = default_profile() if config.profile == "auto" else config.profile
-    if profile not in _PROFILES:
-        raise ConfigError(f"plenoxels: unknown profile {config.profile!r} (choose auto, paper or cpu)")
+    profile = chosen_profile(config.profile, _PROFILES, "plenoxels")
     if not 1 <= config.sh_degree <= 4:
         raise ConfigError(f"plenoxels: sh_degree must be 1..4, got {config.sh_degree}")
     p = _PROFILES[profile]
-    pick = lambda v, d: d if v is None else v  # noqa: E731
     res = int(pick(config.resolution, p["resolution"]))
     ups = tuple(int(r) for r in pick(config.upsample_resolutions, p["upsample_resolutions"]))
     at = tuple(float(a) for a in pick(config.upsample_at, p["upsample_at"]))

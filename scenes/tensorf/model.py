@@ -16,7 +16,7 @@ from omnifield.fields.tensor_grids import TensorVM, vm_resolution, voxel_schedul
 from omnifield.renderers.occupancy import OccupancyGrid
 from omnifield.renderers.types import PackedSamples, RayBundle, RenderOutput
 from omnifield.renderers.volume import composite
-from omnifield.scenes._common import ExponentialDecay, adam, default_profile, psnr
+from omnifield.scenes._common import ExponentialDecay, adam, chosen_profile, pick, psnr
 from omnifield.scenes.base import FieldOutputs, RayBatch, RenderOptions, Scene
 from omnifield.scenes.marching import (GridMarched, crop_box_tensor, crop_density, keep_unterminated, march_grid,
                                        render_range, resolve_marching)
@@ -38,11 +38,8 @@ _DEFAULT_HORIZON = 30000  # the horizon "fraction" schedules assume before confi
 def resolve_config(config: TensoRFConfig, scene_box: Tensor, unbounded: bool = False, near=None, far=None,
                    background=(1.0, 1.0, 1.0)) -> TensoRFConfig:
     """Fill the ``None`` fields of ``config`` from its profile and the scene (box extent, bounds, background)."""
-    profile = default_profile() if config.profile == "auto" else config.profile
-    if profile not in _PROFILES:
-        raise ConfigError(f"tensorf: unknown profile {config.profile!r} (choose auto, paper or cpu)")
+    profile = chosen_profile(config.profile, _PROFILES, "tensorf")
     p = _PROFILES[profile]
-    pick = lambda v, d: d if v is None else v  # noqa: E731
     resolved = replace(
         config,
         profile=profile,
