@@ -66,6 +66,7 @@ CACHE_ENV = "OMNIFIELD_CACHE"
 _lock = threading.Lock()
 _loaded: dict[str, ModuleType] = {}
 _errors: dict[str, str] = {}
+_load_time = threading.local()  # per thread: seconds spent in first loads (see load_seconds)
 
 
 def native_disabled() -> bool:
@@ -138,7 +139,24 @@ def load_cpu_extension(name: str) -> ModuleType | None:
 def _load_once(name: str, what: str, lock: threading.Lock, loaded: dict[str, ModuleType], errors: dict[str, str],
                build) -> ModuleType | None:
     """``build()`` once per process under ``lock``, memoised in ``loaded``; a failure is remembered in
-    ``errors`` and warned about once (``RuntimeWarning`` naming the kernel and the reason), then None."""
+    ``errors`` and warned about once (``RuntimeWarning`` naming the kernel and the reason), then None.
+    The time spent here, waiting for another thread's build included, is added to :func:`load_seconds`."""
+    start = time.perf_counter()
+    try:
+        return _load_once_locked(name, what, lock, loaded, errors, build)
+    finally:
+        _load_time.seconds = load_seconds() + (time.perf_counter() - start)
+
+
+def load_seconds() -> float:
+    """Seconds the calling thread has spent loading native extensions, builds and waits for builds
+    included. A first use builds for 30-60 s; the trainer leaves this time out of its training-time
+    budget and its step-time estimate."""
+    return getattr(_load_time, "seconds", 0.0)
+
+
+def _load_once_locked(name: str, what: str, lock: threading.Lock, loaded: dict[str, ModuleType],
+                      errors: dict[str, str], build) -> ModuleType | None:
     with lock:
         if name in loaded:
             return loaded[name]
@@ -153,7 +171,7 @@ def _load_once(name: str, what: str, lock: threading.Lock, loaded: dict[str, Mod
                 f"omnifield: could not build the {what} {name!r}; using the pure-PyTorch "
                 f"reference instead. Reason: {reason}",
                 RuntimeWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
             return None
         loaded[name] = module

@@ -27,6 +27,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from omnifield.cuda import native
 from omnifield.errors import CheckpointError, ConfigError, TrainingDiverged
 from omnifield.scenes import runs
 from omnifield.scenes.base import ImageBatch, RayBatch
@@ -379,8 +380,9 @@ class Trainer:
                 if cfg.max_minutes is not None and self.elapsed_seconds >= cfg.max_minutes * 60:
                     status = "time_budget"
                     break
-                t0 = time.perf_counter()
+                t0, loading = time.perf_counter(), native.load_seconds()
                 logs = self.step()
+                loading = native.load_seconds() - loading
                 s = self.global_step
                 self._last["loss"], self._last["psnr"] = logs.get("loss"), logs.get("psnr")
                 if cfg.log_every and s % cfg.log_every == 0:
@@ -392,7 +394,8 @@ class Trainer:
                     self.evaluate()
                     t_eval = time.perf_counter() - t_eval
                 now = time.perf_counter()
-                dt = now - t0 - t_eval  # held-out evaluation is not training time
+                # Neither held-out evaluation nor a kernel's first-use build is training time.
+                dt = now - t0 - t_eval - loading
                 self.elapsed_seconds += dt
                 self._fit_schedule_to_budget(s, dt)
                 rate = logs["rays"] / max(dt, 1e-9) if rate is None else 0.9 * rate + 0.1 * logs["rays"] / max(dt, 1e-9)

@@ -240,6 +240,33 @@ def test_time_budget_stops_cleanly(tmp_path):
     assert runs.read_json(tmp_path / "run" / "trainer_state.json")["step"] == result.step
 
 
+def test_a_kernel_build_on_the_first_step_is_not_training_time(tmp_path):
+    """A native kernel builds on first use (30-60 s): that step's build is left out of the budget."""
+    import time
+    import types
+
+    from omnifield.cuda import native
+
+    data = make_data(tmp_path / "data")
+    scene = fake_scene()
+    loaded, build_seconds = {}, 1.5
+
+    def build():
+        time.sleep(build_seconds)
+        return types.ModuleType("fake_kernel")
+
+    scene.hook = lambda step: native._load_once("fake_kernel", "test kernel", threading.Lock(), loaded, {}, build)
+    before = native.load_seconds()
+    trainer = Trainer(scene, data, quiet(max_steps=20, max_minutes=1.0))
+    start = time.perf_counter()
+    result = trainer.train()
+    wall = time.perf_counter() - start
+    assert result.step == 20 and "fake_kernel" in loaded
+    assert native.load_seconds() - before >= build_seconds
+    assert result.elapsed_seconds < wall - build_seconds + 0.05
+    assert trainer._step_seconds < 0.5  # the step-time estimate does not see the build either
+
+
 def test_pause_resume_stop_from_another_thread(tmp_path):
     data = make_data(tmp_path / "data")
     trainer = Trainer(fake_scene(), data, quiet(max_steps=10**6), None)
