@@ -36,9 +36,15 @@ import sysconfig
 import threading
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 import torch
 
@@ -57,8 +63,9 @@ CFLAGS: tuple[str, ...] = ("-O3", "-fopenmp")
 LDFLAGS: tuple[str, ...] = ("-fopenmp",)
 
 STALE_LOCK_S = 300.0
-"""torch's build lock (``<build dir>/lock``) older than this is taken as left by a killed build and
-removed (a build of ours takes 35-90 s); torch itself would wait for it forever."""
+"""Without ``flock`` (Windows): torch's build lock (``<build dir>/lock``) older than this is taken as
+left by a killed build and removed (a build of ours takes 35-90 s); torch itself would wait for it
+forever."""
 
 DISABLE_ENV = "OMNIFIELD_NO_NATIVE"
 CACHE_ENV = "OMNIFIELD_CACHE"
@@ -203,21 +210,51 @@ def _check_sources(sources: list[Path]) -> None:
 
 def _compile(name: str, what: str, sources: list[Path], directory: Path, module_name: str, **flags) -> ModuleType:
     """``torch.utils.cpp_extension.load`` of ``sources`` as ``module_name`` in ``directory`` (the cache:
-    a later process loads the library without compiling); says once on stderr when it compiles."""
+    a later process loads the library without compiling), under :func:`build_lock`; says once on stderr
+    when it compiles."""
     from torch.utils import cpp_extension  # deferred: importing it is slow and probes compilers
 
+    with build_lock(directory):
+        if not any(directory.glob(f"{module_name}*.so")):
+            print(f"omnifield: compiling the {what} {name!r} (once; cached in {directory})", file=sys.stderr)
+        return cpp_extension.load(name=module_name, sources=[str(s) for s in sources],
+                                  build_directory=str(directory), verbose=False, **flags)
+
+
+@contextmanager
+def build_lock(directory: Path):
+    """Hold ``<directory>/build.lock`` while this process builds there, waiting for another holder.
+
+    The lock is an advisory ``flock``, which the kernel releases when its holder dies, however it
+    dies. So, while it is held, torch's own build lock (``<directory>/lock``, which torch waits for
+    forever) can only be one left by a killed build: it is removed at once (said on stderr). Where
+    ``fcntl`` is missing (Windows), torch's lock is removed once it is :data:`STALE_LOCK_S` old.
+    """
     directory.mkdir(parents=True, exist_ok=True)
-    clear_stale_lock(directory)
-    if not any(directory.glob(f"{module_name}*.so")):
-        print(f"omnifield: compiling the {what} {name!r} (once; cached in {directory})", file=sys.stderr)
-    return cpp_extension.load(name=module_name, sources=[str(s) for s in sources], build_directory=str(directory),
-                              verbose=False, **flags)
+    if fcntl is None:
+        clear_stale_lock(directory)
+        yield
+        return
+    with open(directory / "build.lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"omnifield: waiting for another process building in {directory}", file=sys.stderr)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            left = directory / "lock"
+            if left.exists():
+                left.unlink(missing_ok=True)
+                print(f"omnifield: removed {left}, left by an interrupted build", file=sys.stderr)
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def clear_stale_lock(directory: Path, stale_after: float = STALE_LOCK_S, poll_s: float = 1.0) -> bool:
-    """Wait while another process holds torch's build lock in ``directory``; remove the lock once it is
-    ``stale_after`` seconds old (an interrupted build leaves it behind, and ``cpp_extension.load`` waits
-    for it forever). Returns True when a stale lock was removed (said once on stderr)."""
+    """Without ``flock`` (see :func:`build_lock`): wait while another process holds torch's build lock
+    in ``directory``; remove the lock once it is ``stale_after`` seconds old (an interrupted build leaves
+    it behind). Returns True when a stale lock was removed (said once on stderr)."""
     lock = directory / "lock"
     said = False
     while True:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import pytest
@@ -110,8 +111,62 @@ def test_half_table_reads_rounded_values_and_trains_the_float32_master(fresh, ba
     torch.testing.assert_close(enc.table.grad, want.half().float(), rtol=1e-5, atol=1e-7)
 
 
-def test_a_build_lock_left_by_a_killed_build_is_removed_and_a_live_one_is_waited_for(tmp_path, capsys):
-    import os
+_HOLD_BUILD_LOCK = """
+import sys, time
+from pathlib import Path
+from omnifield.cuda import native
+directory = Path(sys.argv[1])
+with native.build_lock(directory):
+    (directory / "lock").touch()  # torch's own build lock, as cpp_extension.load makes it
+    print("held", flush=True)
+    time.sleep(float(sys.argv[2]))
+    (directory / "lock").unlink()
+"""
+
+
+def _hold_build_lock(directory, seconds):
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", _HOLD_BUILD_LOCK, str(directory), str(seconds)],
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "held"
+    return child
+
+
+@pytest.mark.skipif(os.name != "posix", reason="flock")
+def test_a_build_killed_however_it_dies_does_not_hold_up_the_next_one(tmp_path, capsys):
+    import signal
+    import time
+
+    from omnifield.cuda import native
+
+    child = _hold_build_lock(tmp_path, 600)
+    child.send_signal(signal.SIGKILL)  # no finally runs: torch's lock file stays behind
+    child.wait()
+    assert (tmp_path / "lock").exists()
+    start = time.perf_counter()
+    with native.build_lock(tmp_path):
+        assert not (tmp_path / "lock").exists()
+    assert time.perf_counter() - start < 5.0 and "left by an interrupted build" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(os.name != "posix", reason="flock")
+def test_a_live_build_is_waited_for(tmp_path, capsys):
+    import time
+
+    from omnifield.cuda import native
+
+    child = _hold_build_lock(tmp_path, 1.0)
+    start = time.perf_counter()
+    with native.build_lock(tmp_path):
+        waited = time.perf_counter() - start
+        assert child.wait(5) == 0 and not (tmp_path / "lock").exists()
+    err = capsys.readouterr().err
+    assert waited >= 0.5 and "waiting for another process" in err and "interrupted" not in err
+
+
+def test_without_flock_a_stale_torch_lock_is_removed_and_a_live_one_is_waited_for(tmp_path, capsys):
     import threading
     import time
 

@@ -69,12 +69,13 @@ def build_emulated(op: str = "gaussians") -> ModuleType:
         built.append(str(out))
     for header in headers:
         _write_if_changed(src_dir / header.name, header.read_text())
-    return cpp_extension.load(
-        name=f"omnifield_{op}_emulated_{key}",
-        sources=built,
-        extra_include_paths=[str(HERE / "include"), str(src_dir)],
-        extra_cflags=["-std=c++20", "-O1", "-ffp-contract=off", "-pthread", "-Wno-unknown-pragmas"],
-        extra_ldflags=["-pthread"],
-        build_directory=str(root),
-        verbose=False,
-    )
+    with native.build_lock(root):
+        return cpp_extension.load(
+            name=f"omnifield_{op}_emulated_{key}",
+            sources=built,
+            extra_include_paths=[str(HERE / "include"), str(src_dir)],
+            extra_cflags=["-std=c++20", "-O1", "-ffp-contract=off", "-pthread", "-Wno-unknown-pragmas"],
+            extra_ldflags=["-pthread"],
+            build_directory=str(root),
+            verbose=False,
+        )
