@@ -10,6 +10,8 @@ Parts (select with ``--only demo,lego,fox,hash``):
 - ``hash``: the reference hash encoding forward + backward against its naive baseline;
 - ``lego3dgs``: 3D Gaussian splatting on lego (same data and protocol as ``lego``) for
   ``--splat-minutes``; held-out PSNR / SSIM, Gaussian count;
+- ``fern``: LLFF fern (``../shared/data/fern``, 504x378, every 8th view held out), a real
+  forward-facing capture: instant-ngp and 3dgs (from the COLMAP points) for ``--fern-minutes`` each;
 - ``dynamic``: the synthetic dynamic scene (``omnifield data synth --dynamic``, default size:
   12 cameras, 20 times; the test split is held-out cameras at held-out times) with ``4dgs`` for
   ``--dynamic-minutes``.
@@ -34,7 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import load, save_part, shared_data_root  # noqa: E402  (sibling benchmark module)
 
-PARTS = ("demo", "lego", "fox", "hash", "lego3dgs", "dynamic")
+PARTS = ("demo", "lego", "fox", "hash", "lego3dgs", "dynamic", "fern")
 
 
 def train_and_evaluate(method: str, data: Path, run_dir: Path, *, downscale: int, minutes: float,
@@ -88,12 +90,19 @@ def part_lego(args) -> dict:
     common = dict(downscale=4, device=args.device, progress=not args.quiet, max_images=args.eval_images)
     ngp = train_and_evaluate("instant-ngp", root / "lego", args.work / "lego-instant-ngp", minutes=args.minutes,
                              max_steps=args.ngp_steps, **common)
-    # nerf gets the wall time instant-ngp actually used.
+    # nerf gets the wall time instant-ngp actually used (or --nerf-minutes; 0 keeps the nerf row
+    # already in --out, with its own date).
     # Rendering one 200x200 view with NeRF's 64 + 128 samples per ray takes minutes on 2 cores, so
     # nerf is scored on --nerf-eval-images evenly spaced held-out views (instant-ngp on those too).
     common["max_images"] = args.nerf_eval_images or None
-    nerf = train_and_evaluate("nerf", root / "lego", args.work / "lego-nerf", minutes=ngp["train_seconds"] / 60,
-                              max_steps=args.nerf_steps, **common)
+    if args.nerf_minutes == 0:
+        old = load(args.out)["parts"].get("lego", {})
+        nerf = dict(old.get("nerf") or {"skipped": "--nerf-minutes 0 and no earlier nerf row"})
+        nerf.setdefault("date", old.get("date"))
+    else:
+        minutes = ngp["train_seconds"] / 60 if args.nerf_minutes is None else args.nerf_minutes
+        nerf = train_and_evaluate("nerf", root / "lego", args.work / "lego-nerf", minutes=minutes,
+                                  max_steps=args.nerf_steps, **common)
     if args.nerf_eval_images:
         from omnifield.scenes import runs
         from omnifield.scenes.evaluate import evaluate
@@ -113,6 +122,24 @@ def part_fox(args) -> dict:
                              minutes=args.fox_minutes, max_steps=args.ngp_steps, device=args.device,
                              progress=not args.quiet, max_images=args.eval_images)
     return {"downscale": 8, "holdout_every": 8, "instant-ngp": ngp}
+
+
+def part_fern(args) -> dict:
+    """LLFF fern: a real forward-facing capture (504x378, 20 views, the LLFF hold-out: every 8th view),
+    instant-ngp and 3dgs (seeded from the capture's COLMAP points) for ``--fern-minutes`` each."""
+    root = shared_data_root()
+    if root is None or not (root / "fern" / "poses_bounds.npy").is_file():
+        return {"skipped": "fern data absent (../shared/data/fern)"}
+    out = {"downscale": 8, "holdout_every": 8}
+    for method in ("instant-ngp", "3dgs"):
+        r = train_and_evaluate(method, root / "fern", args.work / f"fern-{method}", downscale=8,
+                               minutes=args.fern_minutes, max_steps=args.ngp_steps if method == "instant-ngp"
+                               else args.splat_steps, device=args.device, progress=not args.quiet,
+                               max_images=args.eval_images)
+        if method == "3dgs":
+            r["gaussians"] = _gaussian_count(r["run"], args.device)
+        out[method] = r
+    return out
 
 
 def part_lego3dgs(args) -> dict:
@@ -206,7 +233,7 @@ def print_tables(results: dict) -> None:
         else:
             t.add_row("demo", "instant-ngp", f(d["train_seconds"], ".0f"), str(d["steps"]), f(d["psnr"], ".2f"),
                       f(d["ssim"], ".4f"), f"wall {d['wall_seconds']:.0f} s, Chamfer {100 * d['chamfer_ratio']:.2f}% of diag")
-    for name in ("lego", "fox", "lego3dgs", "dynamic"):
+    for name in ("lego", "fox", "lego3dgs", "dynamic", "fern"):
         if name not in parts:
             continue
         p = parts[name]
@@ -216,14 +243,19 @@ def print_tables(results: dict) -> None:
         for method in ("instant-ngp", "nerf", "3dgs", "4dgs"):
             if method in p:
                 r = p[method]
+                if "skipped" in r:
+                    t.add_row(name, method, "", "", "", "", r["skipped"])
+                    continue
                 other = f"downscale {p['downscale']}, {r['test_images']} held-out views"
+                if "date" in r:
+                    other += f"; kept from {r['date']}"
                 if "gaussians" in r:
                     other += f"; {r['gaussians']} Gaussians"
                 if "psnr_on_nerf_views" in r:
                     other += f"; {r['psnr_on_nerf_views']:.2f} dB / {r['ssim_on_nerf_views']:.4f} on nerf's views"
                 t.add_row(name, method, f(r["train_seconds"], ".0f"), str(r["steps"]), f(r["psnr"], ".2f"),
                           f(r["ssim"], ".4f"), other)
-    if any(name in parts for name in ("demo", "lego", "fox", "lego3dgs", "dynamic")):
+    if any(name in parts for name in ("demo", "lego", "fox", "lego3dgs", "dynamic", "fern")):
         console.print(t)
     if "hash" in parts:
         h = parts["hash"]
@@ -241,8 +273,11 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", default=",".join(PARTS), help="comma-separated parts: " + ",".join(PARTS))
     p.add_argument("--minutes", type=float, default=15.0, help="lego instant-ngp budget (nerf gets the same wall time)")
+    p.add_argument("--nerf-minutes", type=float, default=None,
+                   help="lego nerf budget (default: instant-ngp's; 0: keep the nerf row already in --out)")
     p.add_argument("--fox-minutes", type=float, default=3.0, help="fox instant-ngp budget")
     p.add_argument("--splat-minutes", type=float, default=15.0, help="lego 3dgs budget")
+    p.add_argument("--fern-minutes", type=float, default=5.0, help="fern budget of instant-ngp and of 3dgs, each")
     p.add_argument("--dynamic-minutes", type=float, default=15.0, help="synthetic dynamic scene 4dgs budget")
     p.add_argument("--splat-steps", type=int, default=None, help="3dgs / 4dgs max_steps (the schedule's length)")
     p.add_argument("--demo-minutes", type=float, default=2.0, help="demo training budget")
@@ -265,7 +300,7 @@ def main(argv=None) -> dict:
 
     results = load(args.out)
     runners = {"demo": part_demo, "lego": part_lego, "fox": part_fox, "hash": part_hash, "lego3dgs": part_lego3dgs,
-               "dynamic": part_dynamic}
+               "dynamic": part_dynamic, "fern": part_fern}
     for name in PARTS:
         if name in only:
             t0 = time.perf_counter()
