@@ -1,6 +1,6 @@
-"""CPU benchmark: the demo, lego, fox and the hash encoding, as tables and ``bench/results/cpu.json``.
+"""CPU benchmark: the demo, lego (instant-ngp, nerf, 3dgs), fox, fern, 4dgs and the hash encoding, as tables and ``bench/results/cpu.json``.
 
-Parts (select with ``--only demo,lego,fox,hash``):
+Parts (select with ``--only demo,lego,fox,hash,lego3dgs,dynamic,fern``):
 
 - ``demo``: :func:`omnifield.scenes.demo.run_demo` (wall time, PSNR, SSIM, Chamfer ratio);
 - ``lego``: NeRF-synthetic lego (``../shared/data/lego``, ``--downscale 4``, every 8th view held

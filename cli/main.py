@@ -14,6 +14,7 @@ import math
 import os
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 from omnifield.errors import ConfigError, OmnifieldError
@@ -311,8 +312,6 @@ def cmd_flow_accumulate(args) -> int:
     if args.ego_only:
         cloud = accumulate_ego_only(seq, ref=args.ref)
     else:
-        import warnings
-
         config = apply_overrides(TrajectoryConfig(), args.set or [])
         with warnings.catch_warnings():  # its assumptions come back as cloud.notes, printed below
             warnings.simplefilter("ignore", UserWarning)
@@ -603,6 +602,12 @@ def error_line(exc: BaseException) -> str | None:
     return "omnifield: error: " + " ".join(text.split())
 
 
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as the user sees it: ``omnifield: warning: <message>`` (``--debug`` keeps Python's
+    form, with the file and line that warned)."""
+    print(f"omnifield: warning: {message}", file=sys.stderr if file is None else file)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code (0 ok, 2 user error, 130 interrupted)."""
     parser = build_parser()
@@ -613,7 +618,10 @@ def main(argv: list[str] | None = None) -> int:
     if backend is not None:  # the ops read it per call (omnifield.cuda.backend.resolve_backend)
         os.environ[ENV_BACKEND] = backend
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():  # restored for in-process callers (tests)
+            if not debug:
+                warnings.showwarning = _warning_line
+            return int(args.func(args) or 0)
     except KeyboardInterrupt:
         if debug:
             traceback.print_exc()

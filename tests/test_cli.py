@@ -126,6 +126,22 @@ def test_error_line_from_console_script(tmp_path):
     assert r.returncode == 2 and "Traceback" in r.stderr and r.stderr.strip().splitlines()[-1].startswith("omnifield: error:")
 
 
+def test_a_warning_is_one_line_naming_the_file(tmp_path, blender_dataset):
+    root = blender_dataset(tmp_path / "data", image="gradient")
+    frames = json.loads((root / "transforms_train.json").read_text())["frames"]
+    frames.append({"file_path": "./train/r_99", "transform_matrix": frames[0]["transform_matrix"]})
+    (root / "transforms.json").write_text(json.dumps({"camera_angle_x": 0.7, "frames": frames}))
+    for name in ("transforms_train.json", "transforms_test.json"):
+        (root / name).unlink()  # an instant-ngp folder, one of whose frames has no image
+    r = subprocess.run([OMNIFIELD, "data", "info", str(root)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    warned = [ln for ln in r.stderr.splitlines() if "r_99" in ln]
+    assert len(warned) == 1 and warned[0].startswith(f"omnifield: warning: {root / 'transforms.json'}: skipped 1")
+    assert "UserWarning" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = subprocess.run([OMNIFIELD, "--debug", "data", "info", str(root)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "UserWarning" in r.stderr  # --debug keeps where it was raised
+
+
 def test_debug_shows_traceback(tmp_path, capsys):
     code, _, err = run_cli(["data", "info", tmp_path / "missing", "--debug"], capsys)
     assert code == 2 and "Traceback" in err
