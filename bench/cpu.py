@@ -1,4 +1,5 @@
-"""CPU benchmark: the demo, lego (instant-ngp, nerf, 3dgs), fox, fern, 4dgs and the hash encoding, as tables and ``bench/results/cpu.json``.
+"""CPU benchmark: the demo, lego (instant-ngp, nerf, 3dgs), fox, fern, 4dgs and the hash encoding, as
+tables and ``bench/results/cpu.json``.
 
 Parts (select with ``--only demo,lego,fox,hash,lego3dgs,dynamic,fern``):
 
