@@ -228,19 +228,15 @@ def build_lock(directory: Path):
     The lock is an advisory ``flock``, which the kernel releases when its holder dies, however it
     dies. So, while it is held, torch's own build lock (``<directory>/lock``, which torch waits for
     forever) can only be one left by a killed build: it is removed at once (said on stderr). Where
-    ``fcntl`` is missing (Windows), torch's lock is removed once it is :data:`STALE_LOCK_S` old.
+    ``flock`` is unavailable (:func:`_take_flock`), torch's lock is removed once it is
+    :data:`STALE_LOCK_S` old.
     """
     directory.mkdir(parents=True, exist_ok=True)
-    if fcntl is None:
-        clear_stale_lock(directory)
-        yield
-        return
     with open(directory / "build.lock", "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"omnifield: waiting for another process building in {directory}", file=sys.stderr)
-            fcntl.flock(handle, fcntl.LOCK_EX)
+        if not _take_flock(handle, directory):
+            clear_stale_lock(directory)
+            yield
+            return
         try:
             left = directory / "lock"
             if left.exists():
@@ -249,6 +245,22 @@ def build_lock(directory: Path):
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _take_flock(handle, directory: Path) -> bool:
+    """Take an exclusive ``flock`` on ``handle``, waiting (said on stderr) while another process holds
+    it. False where ``flock`` is unavailable: no ``fcntl`` (Windows), or a file system without locks
+    (``ENOLCK`` on some network mounts)."""
+    if fcntl is None:
+        return False
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"omnifield: waiting for another process building in {directory}", file=sys.stderr)
+        fcntl.flock(handle, fcntl.LOCK_EX)
+    except OSError:
+        return False
+    return True
 
 
 def clear_stale_lock(directory: Path, stale_after: float = STALE_LOCK_S, poll_s: float = 1.0) -> bool:

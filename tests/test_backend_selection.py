@@ -166,6 +166,26 @@ def test_a_live_build_is_waited_for(tmp_path, capsys):
     assert waited >= 0.5 and "waiting for another process" in err and "interrupted" not in err
 
 
+def test_a_file_system_without_locks_falls_back_to_the_age_rule(tmp_path, capsys, monkeypatch):
+    import errno
+    import time
+    import types
+
+    from omnifield.cuda import native
+
+    def no_locks(handle, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(native, "fcntl", types.SimpleNamespace(LOCK_EX=2, LOCK_NB=4, LOCK_UN=8, flock=no_locks))
+    lock = tmp_path / "lock"
+    lock.touch()
+    old = time.time() - 1000.0
+    os.utime(lock, (old, old))
+    with native.build_lock(tmp_path):
+        assert not lock.exists()
+    assert "stale build lock" in capsys.readouterr().err
+
+
 def test_without_flock_a_stale_torch_lock_is_removed_and_a_live_one_is_waited_for(tmp_path, capsys):
     import threading
     import time
