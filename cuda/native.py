@@ -63,9 +63,9 @@ CFLAGS: tuple[str, ...] = ("-O3", "-fopenmp")
 LDFLAGS: tuple[str, ...] = ("-fopenmp",)
 
 STALE_LOCK_S = 300.0
-"""Without ``flock`` (Windows): torch's build lock (``<build dir>/lock``) older than this is taken as
-left by a killed build and removed (a build of ours takes 35-90 s); torch itself would wait for it
-forever."""
+"""Where ``flock`` is unavailable (Windows, file systems without locks): torch's build lock
+(``<build dir>/lock``) older than this is taken as left by a killed build and removed (a build of ours
+takes 35-90 s); torch itself would wait for it forever."""
 
 DISABLE_ENV = "OMNIFIELD_NO_NATIVE"
 CACHE_ENV = "OMNIFIELD_CACHE"
@@ -99,13 +99,19 @@ def _with_headers(sources: list[Path]) -> list[Path]:
     return [*sources, *headers]
 
 
+def _source_digest(sources: list[Path]):
+    """A sha256 of ``sources`` and the headers beside them (:func:`_with_headers`): names and contents."""
+    h = hashlib.sha256()
+    for path in _with_headers(sources):
+        h.update(path.name.encode())
+        h.update(path.read_bytes() if path.is_file() else b"<missing>")
+    return h
+
+
 def build_key(name: str) -> str:
     """``<torch version>-<hash>`` of the sources, the headers beside them, the flags and the Python ABI: the
     cache folder's suffix."""
-    h = hashlib.sha256()
-    for path in _with_headers(_source_paths(name)):
-        h.update(path.name.encode())
-        h.update(path.read_bytes() if path.is_file() else b"<missing>")
+    h = _source_digest(_source_paths(name))
     h.update(" ".join(CFLAGS + LDFLAGS).encode())
     h.update(str(sysconfig.get_config_var("SOABI")).encode())
     return f"{torch.__version__.replace('+', '_')}-{h.hexdigest()[:12]}"
@@ -372,10 +378,7 @@ def cuda_build_key(name: str, with_arch: bool = True) -> str:
 
     ``with_arch=False`` leaves the architectures out: the key recorded with a prebuilt module, whose
     architectures are checked separately (:func:`find_prebuilt`)."""
-    h = hashlib.sha256()
-    for path in _with_headers(_cuda_source_paths(name)):
-        h.update(path.name.encode())
-        h.update(path.read_bytes() if path.is_file() else b"<missing>")
+    h = _source_digest(_cuda_source_paths(name))
     h.update(" ".join(NVCC_FLAGS + CUDA_HOST_CFLAGS).encode())
     if with_arch:
         h.update(_cuda_arch_tag().encode())

@@ -102,6 +102,12 @@ def _read_split(root: Path, json_path: Path, dynamic: bool):
     return paths, orthonormalize(poses), times, (width, height, focal)
 
 
+def _normalised_times(t: np.ndarray, time_range: tuple[float, float]) -> torch.Tensor:
+    """Time stamps ``t`` mapped so ``time_range`` becomes [0, 1] (all 0 for a single time), float32."""
+    t0, t1 = time_range
+    return torch.tensor((t - t0) / (t1 - t0) if t1 > t0 else np.zeros_like(t), dtype=torch.float32)
+
+
 def load_blender(path, *, downscale: int = 1, background=(1.0, 1.0, 1.0), holdout_every: int = 8) -> SceneData:
     """Load a Blender / NeRF-synthetic (or D-NeRF) folder into a :class:`SceneData`.
 
@@ -137,19 +143,13 @@ def load_blender(path, *, downscale: int = 1, background=(1.0, 1.0, 1.0), holdou
     times_t, time_range = None, None
     if dynamic:
         t = np.asarray(all_times, dtype=np.float64)
-        t0, t1 = float(t.min()), float(t.max())
-        times_t = torch.tensor((t - t0) / (t1 - t0) if t1 > t0 else np.zeros_like(t), dtype=torch.float32)
-        time_range = (t0, t1)
+        time_range = (float(t.min()), float(t.max()))
+        times_t = _normalised_times(t, time_range)
     cams = Cameras.create(c2w, fx, fx, w_t / 2, h_t / 2, w_t, h_t, model=CameraModel.PINHOLE, times=times_t)
     sources, cams = downscaled_sources(all_paths, cams, opts.downscale)
     check_splits(splits, cams, files["train"])
     points, point_colors, point_times = find_points(root)
-    if point_times is not None and time_range is not None:  # normalised as the cameras' times
-        t0, t1 = time_range
-        point_times = torch.tensor((point_times - t0) / (t1 - t0) if t1 > t0 else np.zeros_like(point_times),
-                                   dtype=torch.float32)
-    else:
-        point_times = None
+    point_times = None if point_times is None or time_range is None else _normalised_times(point_times, time_range)
     return SceneData(
         root=root,
         format="dnerf" if dynamic else "blender",

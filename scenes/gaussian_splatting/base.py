@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from omnifield.cuda.reference.gaussians import SH_C0
 from omnifield.errors import ConfigError
-from omnifield.scenes._common import ExponentialDecay, chosen_profile
+from omnifield.scenes._common import ExponentialDecay, chosen_profile, pick
 from omnifield.scenes.base import Scene
 from omnifield.scenes.gaussian_splatting.strategy import DensifyParams
 
@@ -35,7 +35,7 @@ def profile_values(config, profiles: dict[str, dict], method: str) -> tuple[str,
     fields with the config's own value wherever that is not ``None``; checks the fields both Gaussian
     scenes share (``schedule_units``, ``sh_degree``), ``ConfigError`` naming ``method`` otherwise."""
     profile = chosen_profile(config.profile, profiles, method)
-    values = {k: (v if getattr(config, k) is None else getattr(config, k)) for k, v in profiles[profile].items()}
+    values = {k: pick(getattr(config, k), v) for k, v in profiles[profile].items()}
     if values["schedule_units"] not in ("steps", "fraction"):
         raise ConfigError(f"{method}: schedule_units must be 'steps' or 'fraction', got {values['schedule_units']!r}")
     if not 0 <= config.sh_degree <= 3:
